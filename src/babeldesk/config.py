@@ -1,0 +1,201 @@
+"""Frozen configuration dataclasses, validated at construction.
+
+One YAML file, overridden by ``BABELDESK_<SECTION>_<KEY>`` environment variables, then by
+CLI flags. Read once at start-up; an invalid value fails with a ``ConfigError`` naming
+the key (``engine.max_batch_size: must be >= 1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from babeldesk.errors import ConfigError
+
+ENV_PREFIX = "BABELDESK_"
+
+
+class Backend(str, enum.Enum):
+    LLAMACPP = "llamacpp"
+    TRANSFORMERS = "transformers"
+
+
+class DType(str, enum.Enum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Quantization(str, enum.Enum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+def _check(key: str, ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "qwen2.5-0.5b"  # alias, GGUF file, HF folder or hub id
+    backend: Backend = Backend.LLAMACPP
+    dtype: DType = DType.AUTO
+    quantization: Quantization = Quantization.NONE
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_batch_size: int = 16  # sequences decoding together
+    max_model_len: int = 2048  # prompt + output tokens per sequence
+    max_new_tokens: int = 256  # default when a request gives no max_tokens
+    max_queue: int = 256  # waiting requests; beyond it: 429
+    prefill_budget: int = 512  # prompt tokens processed per scheduler step
+    threads: int = 2  # compute threads (torch / llama.cpp)
+    memory_cap_mb: int = 0  # CPU: refuse steps whose KV+activations estimate exceeds it; 0 = off
+    served_model_name: str = ""  # name in /v1/models; default: the model reference
+
+    def __post_init__(self) -> None:
+        _check("engine.model", bool(self.model), "must name a model")
+        _check("engine.max_batch_size", self.max_batch_size >= 1, "must be >= 1")
+        _check("engine.max_model_len", self.max_model_len >= 16, "must be >= 16")
+        _check("engine.max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")
+        _check(
+            "engine.max_new_tokens",
+            self.max_new_tokens < self.max_model_len,
+            "must be < engine.max_model_len",
+        )
+        _check("engine.max_queue", self.max_queue >= 0, "must be >= 0")
+        _check("engine.prefill_budget", self.prefill_budget >= 1, "must be >= 1")
+        _check("engine.threads", self.threads >= 1, "must be >= 1")
+        _check("engine.memory_cap_mb", self.memory_cap_mb >= 0, "must be >= 0")
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    drain_grace_s: float = 30.0  # SIGTERM: seconds to finish in-flight requests
+    max_body_bytes: int = 1_000_000
+    api_key: str = ""  # empty: no auth
+
+    def __post_init__(self) -> None:
+        _check("worker.port", 0 <= self.port <= 65535, "must be a TCP port")
+        _check("worker.drain_grace_s", self.drain_grace_s >= 0, "must be >= 0")
+        _check("worker.max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024")
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML / env / CLI value into the annotated type, or fail naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _coerce(key, value, args[0])
+    try:
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return hint(value)
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return hint(value)
+        if hint is str:
+            return str(value)
+        if origin in (tuple, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            (inner, *_) = typing.get_args(hint) or (str,)
+            return tuple(_coerce(key, v, inner) for v in items if v != "")
+        if origin is dict or hint is dict:
+            return dict(value)
+    except (ValueError, TypeError) as exc:
+        allowed = ""
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            allowed = " (one of: " + ", ".join(m.value for m in hint) + ")"
+        raise ConfigError(key, f"invalid value {value!r}{allowed}") from exc
+    return value
+
+
+def _build(cls: type, section: str, data: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{section}.{key}", "unknown key")
+    kwargs = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """YAML file < ``BABELDESK_SECTION_KEY`` env vars < ``overrides`` (CLI flags)."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", f"file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("config", f"{p}: invalid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", f"{p}: top level must be a mapping of sections")
+        for section, values in loaded.items():
+            if not isinstance(values, dict):
+                raise ConfigError(str(section), "must be a mapping")
+            raw[str(section)] = dict(values)
+
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    env = os.environ if env is None else env
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        for section in sections:
+            if rest.startswith(section + "_"):
+                raw.setdefault(section, {})[rest[len(section) + 1:]] = value
+                break
+
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                raw.setdefault(section, {})[key] = value
+
+    built: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for section, data in raw.items():
+        if section not in sections:
+            raise ConfigError(section, "unknown section")
+        built[section] = _build(hints[section], section, data)
+    return Config(**built)

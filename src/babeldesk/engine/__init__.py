@@ -1,0 +1,1 @@
+"""Model loading, tokenization, the batch scheduler and its backends."""

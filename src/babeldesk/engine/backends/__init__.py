@@ -1,0 +1,1 @@
+"""Engine backends: one abstract ``Backend``, one module per implementation."""

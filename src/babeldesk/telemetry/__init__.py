@@ -1,0 +1,1 @@
+"""Prometheus metric definitions, GPU sampling (NVML), structured logs."""
