@@ -54,6 +54,12 @@ def models_path(reference: str = typer.Argument("qwen2.5-0.5b")) -> None:
         _fail(exc.message)
 
 
+# --- deploy: renders configs for nginx, Envoy, Kubernetes (commands added per target) ---
+
+deploy_app = typer.Typer(help="Render deployment configs.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
 # --- engine / worker -------------------------------------------------------------------------
 
 
