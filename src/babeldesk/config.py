@@ -95,10 +95,46 @@ class WorkerConfig:
         _check("worker.max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024")
 
 
+_CACHE_SCHEMES = ("memory://", "redis://", "rediss://")
+_STORE_SCHEMES = ("memory://", "sqlite:///", "redis://", "rediss://")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Answer cache and session store, each chosen by URL: ``memory://``,
+    ``sqlite:///path/to.db`` (relative, or ``sqlite:////abs/path.db``; ``~`` expands),
+    ``redis://host:6379/0``."""
+
+    cache_url: str = "memory://"  # memory:// | redis://
+    sessions_url: str = "sqlite:///~/.local/share/babeldesk/sessions.db"
+    cache_max_entries: int = 10_000  # memory:// LRU bound, entries
+    cache_kb_ttl_s: float = 7 * 86400.0  # knowledge-base answers; keys carry the KB version
+    cache_model_ttl_s: float = 86400.0  # model answers to self-contained questions
+    session_ttl_s: float = 30 * 86400.0  # idle seconds before a session expires
+    redact: bool = True  # e-mails, phone numbers, card numbers in stored transcripts
+    redact_phone_regions: tuple[str, ...] = ()  # ISO regions for national formats (FR,JP)
+    redis_timeout_s: float = 0.5  # connect and per-command socket timeout, seconds
+    redis_prefix: str = "babeldesk:"  # key namespace, so one Redis can serve several shops
+    cache_bypass_s: float = 1.0  # after a cache error, skip Redis for this long, seconds
+    retry_after_s: float = 5.0  # Retry-After of the 503 when the session store is down
+
+    def __post_init__(self) -> None:
+        _check("store.cache_url", self.cache_url.startswith(_CACHE_SCHEMES),
+               "must be memory:// or redis://host:port/db")
+        _check("store.sessions_url", self.sessions_url.startswith(_STORE_SCHEMES),
+               "must be memory://, sqlite:///path/to.db or redis://host:port/db")
+        _check("store.cache_max_entries", self.cache_max_entries >= 1, "must be >= 1")
+        for key in ("cache_kb_ttl_s", "cache_model_ttl_s", "session_ttl_s", "redis_timeout_s"):
+            _check(f"store.{key}", getattr(self, key) > 0, "must be > 0")
+        _check("store.cache_bypass_s", self.cache_bypass_s >= 0, "must be >= 0")
+        _check("store.retry_after_s", self.retry_after_s >= 0, "must be >= 0")
+
+
 @dataclass(frozen=True)
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 # --- loading -------------------------------------------------------------------------
