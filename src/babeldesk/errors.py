@@ -46,6 +46,13 @@ class ModelNotFound(BabeldeskError):
     type = "model_not_found"
 
 
+class NotFound(BabeldeskError):
+    """An unknown (or expired, or erased) resource such as a session id."""
+
+    status = 404
+    type = "not_found_error"
+
+
 class PayloadTooLarge(BabeldeskError):
     status = 413
     type = "payload_too_large"
