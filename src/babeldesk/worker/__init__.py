@@ -1,0 +1,1 @@
+"""HTTP face of one engine: OpenAI-compatible API, health, readiness, metrics, drain."""

@@ -1,0 +1,101 @@
+"""The worker's FastAPI app. The engine is loaded in the background after the socket is
+bound, so ``/health`` answers at once and ``/ready`` turns 200 only when the model is
+loaded; draining (SIGTERM) turns it back to 503 and refuses new generations."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from babeldesk.config import Config
+from babeldesk.engine.llm_engine import Engine
+from babeldesk.engine.openai_api import openai_router
+from babeldesk.errors import Unavailable
+from babeldesk.telemetry.http import MetricsMiddleware
+from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
+from babeldesk.web import install_error_handlers
+
+log = logging.getLogger(__name__)
+
+
+class Phase(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class WorkerState:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.phase = Phase.LOADING
+        self.engine: Engine | None = None
+        self.error: str | None = None
+
+    def require_engine(self) -> Engine:
+        if self.phase == Phase.DRAINING:
+            raise Unavailable("worker is draining", retry_after=1)
+        if self.engine is None or self.phase != Phase.READY:
+            raise Unavailable(f"worker is {self.phase.value}", retry_after=5)
+        return self.engine
+
+
+def create_app(state: WorkerState) -> FastAPI:
+    app = FastAPI(title="babeldesk worker", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.state.worker = state
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "phase": state.phase.value}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        body: dict[str, Any] = {"status": state.phase.value}
+        if state.engine is not None:
+            body.update(running=state.engine.num_running, waiting=state.engine.num_waiting)
+        if state.error:
+            body["error"] = state.error
+        ok = state.phase == Phase.READY
+        return JSONResponse(body, status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": "5"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def mount_engine(app: FastAPI, state: WorkerState, engine: Engine) -> None:
+    """Called once the model is loaded: add the OpenAI routes over the engine."""
+    cfg = state.config
+    names = {engine.model_name, cfg.engine.model}
+    router = openai_router(_Guarded(state, engine), max_body_bytes=cfg.worker.max_body_bytes,
+                           served_names=names)
+    app.include_router(router)
+
+
+class _Guarded:
+    """The engine as the router sees it: refuses new work while draining."""
+
+    def __init__(self, state: WorkerState, engine: Engine) -> None:
+        self._state, self._engine = state, engine
+        self.model_name = engine.model_name
+
+    def encode(self, messages: Any) -> list[int]:
+        self._state.require_engine()
+        return self._engine.encode(messages)
+
+    def submit(self, prompt_ids: list[int], request: Any) -> Any:
+        self._state.require_engine()
+        return self._engine.submit(prompt_ids, request)
+
+
+LoadFn = Callable[[Config, Metrics], Engine]
