@@ -94,6 +94,12 @@ class PolicyConfig:
         return self.capacity_rps * self.target_utilization
 
     @property
+    def history_horizon_s(self) -> float:
+        """Samples older than this never change a decision; callers may drop them."""
+        return (max(self.sustain_s, self.scale_up_cooldown_s, self.scale_down_cooldown_s,
+                    self.scale_down_lookback_s) + 2 * self.max_sample_gap_s)
+
+    @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
