@@ -32,6 +32,18 @@ class ConfigError(BabeldeskError):
         self.key = key
 
 
+class KnowledgeBaseError(ConfigError):
+    """A malformed knowledge-base file; raised at start-up. ``key`` is
+    ``<folder>/<file>: <field>`` (``kb/refund_status.yaml: answers.es``)."""
+
+    type = "knowledge_base_error"
+
+    def __init__(self, file: str, field: str, message: str) -> None:
+        super().__init__(f"{file}: {field}" if field else file, message)
+        self.file = file
+        self.field = field
+
+
 class InvalidRequest(BabeldeskError):
     status = 400
     type = "invalid_request_error"
