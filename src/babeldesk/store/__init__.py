@@ -1,0 +1,71 @@
+"""Answer cache and session store behind small Protocols, chosen by URL:
+``memory://``, ``sqlite:///path/to.db`` (sessions only), ``redis://host:6379/0``."""
+
+from __future__ import annotations
+
+from babeldesk.config import StoreConfig
+from babeldesk.errors import ConfigError
+from babeldesk.store.base import (
+    AnswerCache,
+    CacheKey,
+    CacheKind,
+    CacheLookup,
+    LookupResult,
+    Scheme,
+    SessionStore,
+    Transcript,
+    Turn,
+    scheme_of,
+)
+from babeldesk.store.keys import kb_answer_key, model_answer_key, normalise_text
+from babeldesk.store.redact import Redactor
+
+__all__ = [
+    "AnswerCache", "CacheKey", "CacheKind", "CacheLookup", "LookupResult", "Redactor",
+    "SessionStore", "Transcript", "Turn", "kb_answer_key", "model_answer_key",
+    "normalise_text", "open_answer_cache", "open_session_store",
+]
+
+
+def _ttls(config: StoreConfig) -> dict[CacheKind, float]:
+    return {CacheKind.KB: config.cache_kb_ttl_s, CacheKind.MODEL: config.cache_model_ttl_s}
+
+
+def open_answer_cache(config: StoreConfig) -> AnswerCache:
+    """The cache ``store.cache_url`` names. Connects lazily: a down Redis is not an error
+    here, only a bypassed cache later."""
+    scheme = scheme_of("store.cache_url", config.cache_url)
+    if scheme is Scheme.MEMORY:
+        from babeldesk.store.memory import MemoryAnswerCache
+
+        return MemoryAnswerCache(config.cache_max_entries, _ttls(config))
+    if scheme in (Scheme.REDIS, Scheme.REDISS):
+        from babeldesk.store.redis_store import RedisAnswerCache, connect
+
+        client = connect(config.cache_url, config.redis_timeout_s)
+        return RedisAnswerCache(client, _ttls(config), config.redis_prefix, config.cache_bypass_s)
+    raise ConfigError("store.cache_url", f"{scheme.value}:// is not a cache backend")
+
+
+def open_session_store(config: StoreConfig) -> SessionStore:
+    """The session store ``store.sessions_url`` names, redacting turns when
+    ``store.redact`` is on."""
+    redactor = Redactor(config.redact_phone_regions) if config.redact else None
+    scheme = scheme_of("store.sessions_url", config.sessions_url)
+    if scheme is Scheme.MEMORY:
+        from babeldesk.store.memory import MemorySessionStore
+
+        return MemorySessionStore(config.session_ttl_s, redactor)
+    if scheme is Scheme.SQLITE:
+        from babeldesk.store.sqlite import SqliteSessionStore, sqlite_path
+
+        try:
+            path = sqlite_path(config.sessions_url)
+        except ValueError as exc:
+            raise ConfigError("store.sessions_url", str(exc)) from None
+        return SqliteSessionStore(path, config.session_ttl_s, redactor, config.retry_after_s)
+    from babeldesk.store.redis_store import RedisSessionStore, connect
+
+    client = connect(config.sessions_url, config.redis_timeout_s)
+    return RedisSessionStore(client, config.session_ttl_s, redactor, config.redis_prefix,
+                             config.retry_after_s)

@@ -1,0 +1,159 @@
+"""What the stores hold and the two small Protocols every backend satisfies.
+
+``AnswerCache`` never raises to its caller: a broken backend answers a miss with
+``result == LookupResult.ERROR`` so the caller can count it in
+``cache_lookups_total{kind,result}`` and go on without the cache.
+``SessionStore`` never loses a turn silently: a broken backend raises ``Unavailable``
+(503 with Retry-After), an unknown session raises ``NotFound`` (404).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from babeldesk.errors import ConfigError, InvalidRequest
+
+# who said it: the customer, the assistant, a human agent after handoff, or a system note
+TURN_ROLES: tuple[str, ...] = ("user", "assistant", "agent", "system")
+
+
+class Scheme(str, enum.Enum):
+    MEMORY = "memory"
+    SQLITE = "sqlite"
+    REDIS = "redis"
+    REDISS = "rediss"  # Redis over TLS
+
+
+def scheme_of(key: str, url: str) -> Scheme:
+    """The backend a store URL names; ``key`` is the config key, named in the error."""
+    try:
+        return Scheme(urlsplit(url).scheme)
+    except ValueError:
+        raise ConfigError(key, f"unknown store URL {url!r}") from None
+
+
+class CacheKind(str, enum.Enum):
+    """The ``kind`` label of ``cache_lookups_total``; also the key namespace."""
+
+    KB = "kb"  # knowledge-base answer per (intent, language, KB version)
+    MODEL = "model"  # model answer per (language, normalised text, KB version)
+
+
+class LookupResult(str, enum.Enum):
+    """The ``result`` label of ``cache_lookups_total``."""
+
+    HIT = "hit"
+    MISS = "miss"
+    ERROR = "error"  # backend unreachable: treated as a miss, counted apart
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    kind: CacheKind
+    key: str  # namespaced by kind, without the backend's own prefix
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    kind: CacheKind
+    result: LookupResult
+    value: str | None = None  # set iff result is HIT
+
+    @property
+    def hit(self) -> bool:
+        return self.result is LookupResult.HIT
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation as stored. ``time`` is Unix seconds (wall clock)."""
+
+    role: str  # one of TURN_ROLES
+    text: str
+    language: str | None = None  # ISO 639-1 code the turn was written / answered in
+    source: str | None = None  # assistant turns: knowledge_base | cache | model | handoff
+    intent: str | None = None
+    confidence: float | None = None  # 0..1, of the matched intent
+    time: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.role not in TURN_ROLES:
+            raise InvalidRequest(f"role must be one of {', '.join(TURN_ROLES)}", param="role")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Turn:
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Turn:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    session_id: str
+    created_at: float  # Unix seconds
+    turns: tuple[Turn, ...]  # oldest first; the last ``n`` when asked for fewer
+    language: str | None = None  # the session's language lock, if set
+    handoff_reason: str | None = None  # set once the session is handed to a human
+
+    @property
+    def handed_off(self) -> bool:
+        return self.handoff_reason is not None
+
+
+class AnswerCache(Protocol):
+    """Answers by key with a TTL per kind. Never raises for backend failures."""
+
+    async def get(self, key: CacheKey) -> CacheLookup: ...
+
+    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
+        """Store ``value``; ``ttl_s`` None takes the kind's TTL. Returns MISS when written
+        (nothing was there to hit), ERROR when the backend was unreachable and it was skipped."""
+        ...
+
+    async def clear(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SessionStore(Protocol):
+    """Conversations. Raises ``NotFound`` for an unknown session and ``Unavailable``
+    when the backend cannot be reached; an acknowledged append is durable."""
+
+    async def create(self, session_id: str | None = None) -> str:
+        """A new session (a random id when none is given); an existing id is kept as is."""
+        ...
+
+    async def exists(self, session_id: str) -> bool: ...
+
+    async def append(self, session_id: str, turn: Turn) -> int:
+        """Append one turn; returns the number of turns after it (its index + 1)."""
+        ...
+
+    async def transcript(self, session_id: str, last: int | None = None) -> Transcript: ...
+
+    async def delete(self, session_id: str) -> None:
+        """Erase the session and its turns everywhere this backend keeps them."""
+        ...
+
+    async def mark_handoff(self, session_id: str, reason: str) -> None: ...
+
+    async def set_language(self, session_id: str, language: str | None) -> None: ...
+
+    async def get_language(self, session_id: str) -> str | None: ...
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless the backend answers now (for /ready)."""
+        ...
+
+    async def close(self) -> None: ...

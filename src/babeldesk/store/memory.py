@@ -1,0 +1,125 @@
+"""In-process backends: the embedded answer cache (bounded LRU with TTL) and a session
+store for tests. State lives on the instance; nothing survives the process.
+
+Both are used from one event loop and never await while mutating, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from babeldesk.errors import NotFound
+from babeldesk.store.base import CacheKey, CacheKind, CacheLookup, LookupResult, Transcript, Turn
+from babeldesk.store.redact import Redactor
+
+
+class MemoryAnswerCache:
+    """At most ``max_entries`` answers; the least recently used goes first when full."""
+
+    def __init__(self, max_entries: int, ttls: Mapping[CacheKind, float]) -> None:
+        self.max_entries = max_entries
+        self._ttls = dict(ttls)  # seconds per kind
+        # key -> (expires_at: monotonic seconds, value); order: least recently used first
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: CacheKey) -> CacheLookup:
+        entry = self._entries.get(key.key)
+        if entry is None:
+            return CacheLookup(key.kind, LookupResult.MISS)
+        expires_at, value = entry
+        if expires_at <= time.monotonic():
+            del self._entries[key.key]
+            return CacheLookup(key.kind, LookupResult.MISS)
+        self._entries.move_to_end(key.key)
+        return CacheLookup(key.kind, LookupResult.HIT, value)
+
+    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
+        ttl = self._ttls[key.kind] if ttl_s is None else ttl_s
+        self._entries[key.key] = (time.monotonic() + ttl, value)
+        self._entries.move_to_end(key.key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return LookupResult.MISS
+
+    async def clear(self) -> None:
+        self._entries.clear()
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class _Session:
+    created_at: float  # Unix seconds
+    touched: float  # monotonic seconds of the last write
+    turns: list[Turn] = field(default_factory=list)
+    language: str | None = None
+    handoff_reason: str | None = None
+
+
+class MemorySessionStore:
+    """Sessions in a dict; idle ones expire after ``ttl_s``. For tests and one-off runs."""
+
+    def __init__(self, ttl_s: float, redactor: Redactor | None = None) -> None:
+        self.ttl_s = ttl_s
+        self._redactor = redactor
+        self._sessions: dict[str, _Session] = {}
+
+    def _get(self, session_id: str) -> _Session:
+        s = self._sessions.get(session_id)
+        if s is not None and time.monotonic() - s.touched > self.ttl_s:
+            del self._sessions[session_id]
+            s = None
+        if s is None:
+            raise NotFound(f"unknown session {session_id!r}", param="session_id")
+        return s
+
+    async def create(self, session_id: str | None = None) -> str:
+        sid = session_id or uuid.uuid4().hex
+        if not await self.exists(sid):
+            self._sessions[sid] = _Session(created_at=time.time(), touched=time.monotonic())
+        return sid
+
+    async def exists(self, session_id: str) -> bool:
+        try:
+            self._get(session_id)
+        except NotFound:
+            return False
+        return True
+
+    async def append(self, session_id: str, turn: Turn) -> int:
+        s = self._get(session_id)
+        s.turns.append(self._redactor.turn(turn) if self._redactor else turn)
+        s.touched = time.monotonic()
+        return len(s.turns)
+
+    async def transcript(self, session_id: str, last: int | None = None) -> Transcript:
+        s = self._get(session_id)
+        turns = s.turns if last is None else s.turns[max(0, len(s.turns) - last):]
+        return Transcript(session_id, s.created_at, tuple(turns), s.language, s.handoff_reason)
+
+    async def delete(self, session_id: str) -> None:
+        self._get(session_id)
+        del self._sessions[session_id]
+
+    async def mark_handoff(self, session_id: str, reason: str) -> None:
+        self._get(session_id).handoff_reason = reason
+
+    async def set_language(self, session_id: str, language: str | None) -> None:
+        self._get(session_id).language = language
+
+    async def get_language(self, session_id: str) -> str | None:
+        return self._get(session_id).language
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,242 @@
+"""Redis backends (redis-py's asyncio client), shared by every gateway replica.
+
+Keys, under the configured prefix (``babeldesk:``):
+- ``cache:<kb|model>:...`` -> the answer, with a TTL per kind
+- ``session:{<id>}:meta`` -> hash (created_at, updated_at, language, handoff_reason)
+- ``session:{<id>}:turns`` -> list of JSON turns, oldest first
+Both session keys carry the id in a hash tag, so they live on one Redis Cluster slot, and
+both expire ``session_ttl_s`` after the last write.
+
+An append is one Lua script (atomic, like MULTI, and able to refuse an unknown session
+without a WATCH retry loop): RPUSH, then refresh the TTLs. Appends from many replicas
+interleave but none is lost, and appends awaited in order by one replica keep that order.
+A repeated call with the same append token (a retry after a lost reply) is not pushed twice.
+With ``appendonly yes`` and ``appendfsync always`` Redis acknowledges a write only after
+fsync, so an acknowledged turn survives ``kill -9``.
+
+Failure policy: the cache answers ``LookupResult.ERROR`` and, for ``cache_bypass_s``
+seconds, does not touch Redis again (a down Redis costs no connect attempts per message);
+the session store raises ``Unavailable`` (503 with Retry-After), never drops a turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Awaitable, Mapping, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from babeldesk.errors import NotFound, Unavailable
+from babeldesk.store.base import CacheKey, CacheKind, CacheLookup, LookupResult, Transcript, Turn
+from babeldesk.store.redact import Redactor
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# KEYS: meta, turns. ARGV: turn JSON, ttl ms, now (Unix s), append token.
+# Returns the list length after the push, or -1 for an unknown session.
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'last_append') == ARGV[4] then
+  return redis.call('LLEN', KEYS[2])
+end
+local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_append', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return n
+"""
+# KEYS: meta, turns. ARGV: ttl ms, now, field, value ('' deletes the field).
+# Returns 0 for an unknown session, 1 otherwise.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+
+def connect(url: str, timeout_s: float) -> Redis:
+    """A client that fails fast: ``timeout_s`` to connect and per command, one immediate
+    retry (a pooled connection that died with a Redis restart is replaced once)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries=1),
+        decode_responses=True,
+    )
+
+
+class RedisAnswerCache:
+    def __init__(self, client: Redis, ttls: Mapping[CacheKind, float], prefix: str = "babeldesk:",
+                 bypass_s: float = 1.0) -> None:
+        self._redis = client
+        self._ttls = dict(ttls)  # seconds per kind
+        self._prefix = prefix + "cache:"
+        self.bypass_s = bypass_s
+        self._down_until = 0.0  # monotonic seconds; Redis is not tried before it
+
+    def _bypassed(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        if not self._bypassed():  # one log line per bypass window, not one per message
+            log.warning("answer cache %s failed, bypassing Redis for %.1fs: %s",
+                        op, self.bypass_s, exc)
+        self._down_until = time.monotonic() + self.bypass_s
+
+    async def get(self, key: CacheKey) -> CacheLookup:
+        if self._bypassed():
+            return CacheLookup(key.kind, LookupResult.ERROR)
+        try:
+            value = await self._redis.get(self._prefix + key.key)
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return CacheLookup(key.kind, LookupResult.ERROR)
+        if value is None:
+            return CacheLookup(key.kind, LookupResult.MISS)
+        return CacheLookup(key.kind, LookupResult.HIT, value)
+
+    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
+        if self._bypassed():
+            return LookupResult.ERROR
+        ttl = self._ttls[key.kind] if ttl_s is None else ttl_s
+        try:
+            await self._redis.set(self._prefix + key.key, value, px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            self._failed("set", exc)
+            return LookupResult.ERROR
+        return LookupResult.MISS
+
+    async def clear(self) -> None:
+        """Drop every cached answer under this prefix (e.g. after a KB reload)."""
+        try:
+            async for k in self._redis.scan_iter(match=self._prefix + "*", count=500):
+                await self._redis.unlink(k)
+        except (RedisError, OSError) as exc:
+            self._failed("clear", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class RedisSessionStore:
+    def __init__(self, client: Redis, ttl_s: float, redactor: Redactor | None = None,
+                 prefix: str = "babeldesk:", retry_after_s: float = 5.0) -> None:
+        self._redis = client
+        self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self._redactor = redactor
+        self._prefix = prefix + "session:"
+        self._append = client.register_script(_APPEND)
+        self._update_script = client.register_script(_UPDATE)
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.ttl_s * 1000))
+
+    def _keys(self, session_id: str) -> list[str]:
+        base = f"{self._prefix}{{{session_id}}}"
+        return [base + ":meta", base + ":turns"]
+
+    async def _call(self, aw: Awaitable[T]) -> T:
+        try:
+            return await aw
+        except (RedisError, OSError) as exc:
+            log.warning("session store unavailable: %s", exc)
+            raise Unavailable(f"session store unavailable: {exc}",
+                              retry_after=self.retry_after_s) from exc
+
+    @staticmethod
+    def _unknown(session_id: str) -> NotFound:
+        return NotFound(f"unknown session {session_id!r}", param="session_id")
+
+    async def create(self, session_id: str | None = None) -> str:
+        sid = session_id or uuid.uuid4().hex
+        meta, turns = self._keys(sid)
+        now = repr(time.time())
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hsetnx(meta, "created_at", now)
+        pipe.hset(meta, "updated_at", now)
+        pipe.pexpire(meta, self._ttl_ms)
+        pipe.pexpire(turns, self._ttl_ms)
+        await self._call(pipe.execute())
+        return sid
+
+    async def exists(self, session_id: str) -> bool:
+        return bool(await self._call(self._redis.exists(self._keys(session_id)[0])))
+
+    async def append(self, session_id: str, turn: Turn) -> int:
+        t = self._redactor.turn(turn) if self._redactor else turn
+        token = uuid.uuid4().hex  # the same for the client's retry of this one call
+        n = await self._call(self._append(
+            keys=self._keys(session_id),
+            args=[t.to_json(), self._ttl_ms, repr(time.time()), token],
+        ))
+        if int(n) < 0:
+            raise self._unknown(session_id)
+        return int(n)
+
+    async def transcript(self, session_id: str, last: int | None = None) -> Transcript:
+        meta, turns = self._keys(session_id)
+        pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot
+        pipe.hgetall(meta)
+        pipe.lrange(turns, 0 if last is None else -last, -1)
+        fields, raw = await self._call(pipe.execute())
+        if not fields:
+            raise self._unknown(session_id)
+        return Transcript(
+            session_id=session_id,
+            created_at=float(fields.get("created_at", 0.0)),
+            turns=tuple(Turn.from_json(r) for r in raw) if last != 0 else (),
+            language=fields.get("language"),
+            handoff_reason=fields.get("handoff_reason"),
+        )
+
+    async def delete(self, session_id: str) -> None:
+        # Redis keeps no copy once the keys are gone, except in the AOF until its next
+        # rewrite (BGREWRITEAOF, automatic by size); redaction limits what is there.
+        if not await self._call(self._redis.delete(*self._keys(session_id))):
+            raise self._unknown(session_id)
+
+    async def _update(self, session_id: str, field: str, value: str | None) -> None:
+        ok = await self._call(self._update_script(
+            keys=self._keys(session_id),
+            args=[self._ttl_ms, repr(time.time()), field, value or ""],
+        ))
+        if not int(ok):
+            raise self._unknown(session_id)
+
+    async def mark_handoff(self, session_id: str, reason: str) -> None:
+        await self._update(session_id, "handoff_reason", reason)
+
+    async def set_language(self, session_id: str, language: str | None) -> None:
+        await self._update(session_id, "language", language)
+
+    async def get_language(self, session_id: str) -> str | None:
+        meta = self._keys(session_id)[0]
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.exists(meta)
+        pipe.hget(meta, "language")
+        found, language = await self._call(pipe.execute())
+        if not found:
+            raise self._unknown(session_id)
+        return language  # type: ignore[no-any-return]
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
