@@ -1,0 +1,451 @@
+"""The ``transformers`` backend: a Hugging Face causal LM on torch (CPU or CUDA).
+
+Batching follows TGI's pre-flash ``CausalLMBatch``: the running sequences share one KV
+cache, left-padded, with a 2-D attention mask and explicit per-row positions. A joining
+sequence is prefilled on its own (chunk by chunk, each joiner with its own cache) and,
+after its last chunk, concatenated into the batch (the shorter side padded on the left).
+A released row is dropped at the next step, together with leading columns that are
+padding for every remaining row.
+
+Every forward pass of a step runs on *shadow* caches: new ``DynamicCache`` objects that
+share the committed tensors (``DynamicLayer.update`` concatenates, it never writes in
+place). Only when every forward of the step has succeeded are the results committed, so
+an out-of-memory error leaves every slot exactly as it was.
+
+transformers' own continuous-batching manager (``generate_batch``) owns its scheduling,
+sampling and stopping, so it cannot serve the scheduler's step contract; see
+benchmarks/transformers_backend.py for the measurements that compare the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from babeldesk.config import DType, EngineConfig, Quantization
+from babeldesk.engine.backends import hf_convert
+from babeldesk.engine.backends.base import Backend, PrefillChunk, StepInput, TokenDecoder
+from babeldesk.engine.models import ModelSource, SourceKind
+from babeldesk.errors import GenerationFailed, ModelLoadError, OutOfMemory
+from babeldesk.types import ChatMessage
+
+log = logging.getLogger(__name__)
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, kv_heads, len, head_dim]
+
+# Used only when a tokenizer ships no chat template (base models).
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"engine.device is {setting!r} but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"engine.device {setting!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(setting: DType, device: torch.device, quantization: Quantization) -> torch.dtype:
+    """auto: float16 on CUDA, bfloat16 on a CPU with native bf16 support, else float32.
+    CPU int8 (dynamic quantization) computes around its int8 matmuls in float32."""
+    if device.type == "cpu" and quantization is Quantization.INT8:
+        if setting not in (DType.AUTO, DType.FLOAT32):
+            log.warning("CPU int8 runs in float32 around the int8 linears; ignoring dtype=%s",
+                        setting.value)
+        return torch.float32
+    if setting is DType.AUTO:
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16,
+            DType.FLOAT16: torch.float16}[setting]
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable once, before any inter-op work
+        pass
+
+
+def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """CPU: torch's dynamic int8 on every ``nn.Linear`` (weights int8 per tensor,
+    activations quantized per call). CUDA: torchao int8 weight-only (the ``gpu`` extra)."""
+    if device.type == "cpu":
+        from torch.ao.quantization import quantize_dynamic
+
+        # Deprecated in torch 2.13 in favour of torchao, whose CPU int8 kernels are not
+        # faster here; it still works, so the deprecation notices are silenced.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            "quantization=int8 on CUDA needs torchao: pip install 'babeldesk[gpu]'") from exc
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
+
+
+def module_bytes(model: torch.nn.Module) -> int:
+    """Parameters + buffers (tied tensors counted once) + int8 packed linear weights."""
+    seen: set[int] = set()
+    total = 0
+    tensors = list(model.parameters()) + list(model.buffers())
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            tensors.extend(t for t in packed._weight_bias() if t is not None)
+    for t in tensors:
+        key = t.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+class HFTokenDecoder(TokenDecoder):
+    """vLLM/TGI-style incremental detokenizer over ``tokenizer.decode``.
+
+    ``prefix`` .. ``read`` is the window already emitted; text is emitted once decoding
+    the window plus new tokens grows it and does not end in U+FFFD (a partial UTF-8
+    character of a byte-level BPE), so a multi-byte character is never split.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0  # tokens before it are emitted and no longer decoded
+        self._read = 0  # tokens before it are emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True,
+                                clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return text[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        self._prefix = self._read = len(self._ids)
+        return text[len(before):]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A committed-on-success change to one slot, built during a step."""
+
+    slot: int
+    kv: KV  # the joiner's own cache after its chunk: [1, kv_heads, len, head_dim]
+    length: int  # tokens now cached
+    last: bool
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, source: ModelSource, config: EngineConfig) -> None:
+        self.config = config
+        set_threads(config.threads)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device, config.quantization)
+        folder = self._weights_folder(source)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load {source.reference!r}: {exc}") from exc
+        model.to(self.device).eval()
+        if config.quantization is Quantization.INT8:
+            model = quantize_int8(model, self.device)
+        self.model = model
+        if not getattr(self.tokenizer, "chat_template", None):
+            log.warning("%s has no chat template; using ChatML", source.reference)
+            self.tokenizer.chat_template = CHATML_TEMPLATE
+        text = model.config.get_text_config()
+        self._text_config = text
+        layers = DynamicCache(config=model.config).layers
+        if not all(type(layer) is DynamicLayer for layer in layers):
+            raise ModelLoadError(f"{source.reference!r}: sliding-window or linear-attention "
+                                 "layers are not supported by the transformers backend")
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        act_bytes = torch.tensor([], dtype=self.dtype).element_size()
+        self._kv_bytes = len(layers) * 2 * kv_heads * head_dim * act_bytes
+        self._act_bytes_per_token = (4 * text.hidden_size + 3 * text.intermediate_size) * act_bytes
+        self._weights = module_bytes(model)
+        self._vocab = int(text.vocab_size)  # logits width
+        eos: set[int] = set()
+        for ids in (model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            eos.update([ids] if isinstance(ids, int) else (ids or []))
+        self._eos = frozenset(eos)
+        log.info("transformers backend: %s on %s, %s, quantization=%s: weights %.1f MiB, "
+                 "KV %d bytes/token", source.reference, self.device, str(self.dtype),
+                 config.quantization.value, self._weights / 2**20, self._kv_bytes)
+        # running batch: row i holds slot _rows[i] (-1: released, dropped next step)
+        self._rows: list[int] = []
+        self._kv: KV = []  # [rows, kv_heads, columns, head_dim] per layer, left-padded
+        self._mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)  # [rows, columns]
+        self._partial: dict[int, KV] = {}  # joiners mid-prefill, batch 1, no padding
+        self._lens: dict[int, int] = {}  # slot -> tokens cached (running and partial)
+
+    @staticmethod
+    def _weights_folder(source: ModelSource) -> str:
+        if source.kind is SourceKind.GGUF:
+            return str(hf_convert.ensure_converted(source))
+        if source.kind is SourceKind.HF_FOLDER:
+            return str(Path(source.path))
+        return str(source.path)  # hub id: from_pretrained downloads it (online users)
+
+    # --- contract: tokens ----------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True, tokenize=False)
+        # the template already writes any BOS the model wants
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decoder(self) -> TokenDecoder:
+        return HFTokenDecoder(self.tokenizer)
+
+    def kv_bytes_per_token(self) -> int:
+        return self._kv_bytes
+
+    def weights_bytes(self) -> int:
+        return self._weights
+
+    # --- contract: slots -----------------------------------------------------------------
+
+    def release(self, slot: int) -> None:
+        self._partial.pop(slot, None)
+        self._lens.pop(slot, None)
+        if slot in self._rows:
+            self._rows[self._rows.index(slot)] = -1
+
+    def step(self, batch: StepInput) -> dict[int, np.ndarray]:
+        self._compact()
+        self._validate(batch)
+        self._check_memory_cap(batch)
+        try:
+            with torch.inference_mode():
+                logits, decoded = self._decode(batch)
+                pending: list[_Pending] = []
+                for chunk in batch.prefill:
+                    row_logits, item = self._prefill(chunk)
+                    pending.append(item)
+                    if chunk.last:
+                        logits[chunk.slot] = row_logits
+                kv, mask = self._join(decoded, [p for p in pending if p.last])
+        except Exception as exc:
+            if _is_oom(exc):
+                raise OutOfMemory(f"step of {batch.num_tokens} tokens: {exc}") from exc
+            raise
+        # commit: nothing above touched committed state
+        self._kv, self._mask = kv, mask
+        for d in batch.decode:
+            self._lens[d.slot] += 1
+        for p in pending:
+            self._lens[p.slot] = p.length
+            if p.last:
+                self._partial.pop(p.slot, None)
+                self._rows.append(p.slot)
+            else:
+                self._partial[p.slot] = p.kv
+        return {slot: row.float().cpu().numpy() for slot, row in logits.items()}
+
+    # --- one step's pieces ---------------------------------------------------------------
+
+    def _validate(self, batch: StepInput) -> None:
+        slots = batch.slots
+        if len(set(slots)) != len(slots):
+            raise GenerationFailed(f"a slot appears twice in one step: {slots}")
+        for d in batch.decode:
+            if d.slot not in self._rows:
+                raise GenerationFailed(f"decode for slot {d.slot}, which is not prefilled")
+            if d.pos != self._lens[d.slot]:
+                raise GenerationFailed(
+                    f"slot {d.slot}: decode at position {d.pos}, cache holds {self._lens[d.slot]}")
+        for c in batch.prefill:
+            if c.slot in self._rows:
+                raise GenerationFailed(f"prefill for slot {c.slot}, which is decoding")
+            if c.start_pos != self._lens.get(c.slot, 0) or not c.tokens:
+                raise GenerationFailed(f"slot {c.slot}: chunk of {len(c.tokens)} at "
+                                       f"{c.start_pos}, cache holds {self._lens.get(c.slot, 0)}")
+
+    def _check_memory_cap(self, batch: StepInput) -> None:
+        """CPU cap: weights + the padded KV after the step (+ one layer's concat copy)
+        + activations (hidden states, attention scores, last-token logits)."""
+        if not self.config.memory_cap_mb:
+            return
+        rows = len(self._rows) + sum(c.last for c in batch.prefill)
+        cols = self._mask.shape[1] + 1
+        for c in batch.prefill:
+            cols = max(cols, c.start_pos + len(c.tokens))
+        partial = sum(self._lens.get(c.slot, 0) + len(c.tokens) for c in batch.prefill)
+        kv = (rows * cols + partial) * self._kv_bytes
+        kv += kv // max(len(self._kv), 1)  # the layer being concatenated exists twice
+        heads = self._text_config.num_attention_heads
+        scores = sum(heads * len(c.tokens) * (c.start_pos + len(c.tokens)) for c in batch.prefill)
+        scores += heads * len(batch.decode) * cols
+        act = batch.num_tokens * self._act_bytes_per_token + 4 * (scores + rows * self._vocab)
+        need = self._weights + kv + act
+        cap = self.config.memory_cap_mb * 2**20
+        if need > cap:
+            raise OutOfMemory(f"step needs ~{need / 2**20:.0f} MiB, over engine.memory_cap_mb="
+                              f"{self.config.memory_cap_mb}")
+
+    def _shadow(self, kv: KV) -> DynamicCache:
+        """A cache object over existing tensors; the forward pass appends to copies."""
+        cache = DynamicCache(config=self.model.config)
+        if kv:
+            for layer, (k, v) in zip(cache.layers, kv):
+                layer.lazy_initialization(k, v)
+                layer.keys, layer.values = k, v
+        return cache
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
+                 kv: KV) -> tuple[torch.Tensor, KV]:
+        """ids, pos: [rows, n]; mask: [rows, cached + n] or None (no padding).
+        Returns the last position's logits [rows, vocab] and the grown cache."""
+        cache = self._shadow(kv)
+        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _decode(self, batch: StepInput) -> tuple[dict[int, torch.Tensor], tuple[KV, torch.Tensor]]:
+        """One token for each decode item. Returns per-slot logits and the running batch's
+        cache and mask one column longer (rows that did not decode get a padding column)."""
+        if not batch.decode:
+            return {}, (self._kv, self._mask)
+        row_of = {slot: i for i, slot in enumerate(self._rows)}
+        items = sorted(batch.decode, key=lambda d: row_of[d.slot])
+        idx = [row_of[d.slot] for d in items]
+        dev = self.device
+        ids = torch.tensor([[d.token] for d in items], device=dev)
+        pos = torch.tensor([[d.pos] for d in items], device=dev)
+        every_row = len(idx) == len(self._rows)
+        if every_row:
+            kv, mask = self._kv, self._mask
+        else:  # a subset (the scheduler split the batch): run it on a trimmed copy
+            sel = torch.tensor(idx, device=dev)
+            mask = self._mask[sel]
+            lead = int(mask.any(dim=0).to(torch.int8).argmax()) if mask.numel() else 0
+            mask = mask[:, lead:]
+            kv = [(k[sel, :, lead:], v[sel, :, lead:]) for k, v in self._kv]
+        ones = torch.ones((len(idx), 1), dtype=torch.bool, device=dev)
+        logits, grown = self._forward(ids, pos, torch.cat([mask, ones], dim=1), kv)
+        if every_row:
+            new_kv, new_mask = grown, torch.cat([self._mask, ones], dim=1)
+        else:
+            new_kv = []
+            for (k, v), (gk, gv) in zip(self._kv, grown):
+                col_k = k.new_zeros((k.shape[0], k.shape[1], 1, k.shape[3]))
+                col_v = torch.zeros_like(col_k)
+                col_k[sel] = gk[:, :, -1:]
+                col_v[sel] = gv[:, :, -1:]
+                new_kv.append((torch.cat([k, col_k], dim=2), torch.cat([v, col_v], dim=2)))
+            col = torch.zeros((len(self._rows), 1), dtype=torch.bool, device=dev)
+            col[sel] = True
+            new_mask = torch.cat([self._mask, col], dim=1)
+        return {d.slot: logits[i] for i, d in enumerate(items)}, (new_kv, new_mask)
+
+    def _prefill(self, chunk: PrefillChunk) -> tuple[torch.Tensor, _Pending]:
+        n = len(chunk.tokens)
+        ids = torch.tensor([list(chunk.tokens)], device=self.device)
+        pos = torch.arange(chunk.start_pos, chunk.start_pos + n, device=self.device)[None]
+        logits, kv = self._forward(ids, pos, None, self._partial.get(chunk.slot, []))
+        return logits[0], _Pending(chunk.slot, kv, chunk.start_pos + n, chunk.last)
+
+    def _join(self, decoded: tuple[KV, torch.Tensor],
+              joiners: list[_Pending]) -> tuple[KV, torch.Tensor]:
+        """Concatenate finished joiners under the running rows, left-padding the shorter."""
+        kv, mask = decoded
+        if not joiners:
+            return kv, mask
+        cols = max([mask.shape[1]] + [j.length for j in joiners])
+        parts_mask = [_pad_left(mask, cols, dim=1)] if mask.shape[0] else []
+        parts_mask += [_pad_left(torch.ones((1, j.length), dtype=torch.bool, device=self.device),
+                                 cols, dim=1) for j in joiners]
+        new_kv: KV = []
+        for layer in range(len(joiners[0].kv)):
+            ks = [_pad_left(kv[layer][0], cols, 2)] if kv else []
+            vs = [_pad_left(kv[layer][1], cols, 2)] if kv else []
+            ks += [_pad_left(j.kv[layer][0], cols, 2) for j in joiners]
+            vs += [_pad_left(j.kv[layer][1], cols, 2) for j in joiners]
+            new_kv.append((torch.cat(ks), torch.cat(vs)))
+        return new_kv, torch.cat(parts_mask)
+
+    def _compact(self) -> None:
+        """Drop released rows and the leading columns that are padding in every row."""
+        if -1 not in self._rows:
+            return
+        keep = [i for i, slot in enumerate(self._rows) if slot != -1]
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._kv, self._mask = [], self._mask[:0, :0]
+            return
+        sel = torch.tensor(keep, device=self.device)
+        mask = self._mask[sel]
+        lead = int(mask.any(dim=0).to(torch.int8).argmax())
+        self._mask = mask[:, lead:]
+        self._kv = [(k[sel, :, lead:], v[sel, :, lead:]) for k, v in self._kv]
+
+    def close(self) -> None:
+        self._kv, self._partial = [], {}
+        self._rows = []
+
+
+def _pad_left(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Zero-pad ``t`` on the left of ``dim`` to ``size``."""
+    missing = size - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
