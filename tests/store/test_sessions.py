@@ -1,0 +1,148 @@
+"""The SessionStore contract, run against every backend (memory, sqlite, a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from babeldesk.config import StoreConfig
+from babeldesk.errors import InvalidRequest, NotFound
+from babeldesk.store import SessionStore, Turn, open_session_store
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def sessions_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sessions.db"
+    return request.getfixturevalue("redis_server").url  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def store(sessions_url: str) -> AsyncIterator[SessionStore]:
+    s = open_session_store(StoreConfig(sessions_url=sessions_url))
+    yield s
+    await s.close()
+
+
+async def test_turns_come_back_in_order_with_every_field(store: SessionStore) -> None:
+    sid = await store.create()
+    user = Turn("user", "¿Cuándo llega mi reembolso?", language="es", time=1_700_000_000.5)
+    bot = Turn("assistant", "En 5 a 7 días hábiles.", language="es", source="knowledge_base",
+               intent="refund_status", confidence=0.93, time=1_700_000_001.25)
+    assert await store.append(sid, user) == 1
+    assert await store.append(sid, bot) == 2
+    transcript = await store.transcript(sid)
+    assert transcript.session_id == sid
+    assert transcript.turns == (user, bot)
+    assert transcript.created_at > 1_700_000_000
+    assert not transcript.handed_off
+
+
+async def test_last_n_turns(store: SessionStore) -> None:
+    sid = await store.create()
+    for i in range(5):
+        await store.append(sid, Turn("user", f"message {i}"))
+    last = await store.transcript(sid, last=2)
+    assert [t.text for t in last.turns] == ["message 3", "message 4"]
+    assert len((await store.transcript(sid, last=50)).turns) == 5
+
+
+async def test_create_with_an_id_is_idempotent(store: SessionStore) -> None:
+    assert await store.create("abc123") == "abc123"
+    await store.append("abc123", Turn("user", "hello"))
+    assert await store.create("abc123") == "abc123"
+    assert len((await store.transcript("abc123")).turns) == 1
+    assert await store.create() != await store.create()
+
+
+async def test_unknown_session_is_not_found(store: SessionStore) -> None:
+    assert not await store.exists("nope")
+    with pytest.raises(NotFound) as err:
+        await store.transcript("nope")
+    assert err.value.status == 404
+    with pytest.raises(NotFound):
+        await store.append("nope", Turn("user", "hi"))
+    with pytest.raises(NotFound):
+        await store.delete("nope")
+    with pytest.raises(NotFound):
+        await store.mark_handoff("nope", "asked_for_human")
+    with pytest.raises(NotFound):
+        await store.get_language("nope")
+
+
+async def test_delete_erases_the_session(store: SessionStore) -> None:
+    sid = await store.create()
+    await store.append(sid, Turn("user", "delete me"))
+    await store.set_language(sid, "de")
+    await store.delete(sid)
+    assert not await store.exists(sid)
+    with pytest.raises(NotFound):
+        await store.transcript(sid)
+    # the same id starts empty if created again
+    await store.create(sid)
+    again = await store.transcript(sid)
+    assert again.turns == () and again.language is None
+
+
+async def test_handoff_and_language_lock(store: SessionStore) -> None:
+    sid = await store.create()
+    assert await store.get_language(sid) is None
+    await store.set_language(sid, "ja")
+    assert await store.get_language(sid) == "ja"
+    await store.set_language(sid, None)
+    assert await store.get_language(sid) is None
+    await store.set_language(sid, "ko")
+    await store.mark_handoff(sid, "repeated_failure")
+    transcript = await store.transcript(sid)
+    assert transcript.language == "ko"
+    assert transcript.handoff_reason == "repeated_failure"
+    assert transcript.handed_off
+
+
+async def test_stored_text_is_redacted_when_on(store: SessionStore) -> None:
+    sid = await store.create()
+    await store.append(sid, Turn("user", "mail me at anna@example.de, card 4111 1111 1111 1111"))
+    (turn,) = (await store.transcript(sid)).turns
+    assert turn.text == "mail me at [email], card [card]"
+
+
+async def test_redaction_off_stores_text_as_is(sessions_url: str) -> None:
+    store = open_session_store(StoreConfig(sessions_url=sessions_url, redact=False))
+    try:
+        sid = await store.create()
+        await store.append(sid, Turn("user", "anna@example.de"))
+        assert (await store.transcript(sid)).turns[0].text == "anna@example.de"
+    finally:
+        await store.close()
+
+
+async def test_idle_sessions_expire(sessions_url: str) -> None:
+    store = open_session_store(StoreConfig(sessions_url=sessions_url, session_ttl_s=0.3))
+    try:
+        sid = await store.create()
+        await store.append(sid, Turn("user", "still here"))
+        assert await store.exists(sid)
+        await asyncio.sleep(0.8)
+        assert not await store.exists(sid)
+        with pytest.raises(NotFound):
+            await store.transcript(sid)
+    finally:
+        await store.close()
+
+
+async def test_concurrent_appends_in_one_process_lose_nothing(store: SessionStore) -> None:
+    sid = await store.create()
+    counts = await asyncio.gather(*(store.append(sid, Turn("user", f"t{i}")) for i in range(40)))
+    assert sorted(counts) == list(range(1, 41))  # every append got its own slot
+    texts = [t.text for t in (await store.transcript(sid)).turns]
+    assert sorted(texts) == sorted(f"t{i}" for i in range(40))
+
+
+def test_a_turn_needs_a_known_role() -> None:
+    with pytest.raises(InvalidRequest):
+        Turn("robot", "hi")
