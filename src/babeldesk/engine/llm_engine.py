@@ -30,6 +30,18 @@ from babeldesk.types import ChatMessage, ChatRequest, TextDelta, Usage
 log = logging.getLogger(__name__)
 
 
+def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[TextDelta]):
+    """Thread-safe delivery into the caller's loop; a closed loop means the caller is gone."""
+
+    def emit(delta: TextDelta) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+        except RuntimeError:  # event loop closed
+            pass
+
+    return emit
+
+
 class RequestStream:
     """The deltas of one submitted sequence, in order; the last has ``finish_reason``."""
 
@@ -148,7 +160,7 @@ class Engine:
             params=request.params,
             max_tokens=max_tokens,
             decoder=self.backend.decoder(),
-            emit=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
+            emit=_emitter(loop, queue),
             rng=np.random.default_rng(request.params.seed),
         )
         with self._cv:
@@ -280,6 +292,7 @@ class Engine:
             tail = seq.stop.push(seq.decoder.flush()) + seq.stop.flush()
         seq.finish_reason = reason  # type: ignore[assignment]
         self.metrics.engine_requests_total.labels(reason).inc()
+        self._observe_queue()
         seq.emit(TextDelta(
             tail, finish_reason=seq.finish_reason,
             usage=Usage(len(seq.prompt_ids), len(seq.output_ids)), error=error))

@@ -1,0 +1,148 @@
+"""The engine on the real llama.cpp backend and smollm2-135m: batching must not change
+greedy answers, cancellation frees slots, out-of-memory splits without losing a request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from babeldesk.config import EngineConfig
+from babeldesk.engine.loader import load_engine
+from babeldesk.errors import ContextTooLong, QueueFull
+from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, collect
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    "How do I return a pair of shoes?",
+    "Where is my order? It is late.",
+    "Can I pay with PayPal?",
+    "What are your opening hours?",
+    "My package arrived damaged, what now?",
+]
+
+
+def req(q: str, **kw: object) -> ChatRequest:
+    params = SamplingParams(**{"max_tokens": 24, "temperature": 0.0, **kw})  # type: ignore[arg-type]
+    return ChatRequest([ChatMessage("user", q)], params)
+
+
+def engine(**kw: object):
+    cfg = EngineConfig(**{"model": "smollm2-135m", "threads": 1, "max_batch_size": 8,
+                          "max_model_len": 512, "max_new_tokens": 64, **kw})  # type: ignore[arg-type]
+    e = load_engine(cfg)
+    e.start()
+    return e
+
+
+async def run_all(e, qs, **kw):
+    return await asyncio.gather(*[collect(e.stream_chat(req(q, **kw))) for q in qs])
+
+
+def test_batched_greedy_equals_one_at_a_time() -> None:
+    e = engine(prefill_budget=16)  # small budget: prompts are prefilled in chunks
+    try:
+        alone = [asyncio.run(run_all(e, [q]))[0] for q in QUESTIONS]
+        together = asyncio.run(run_all(e, QUESTIONS))
+    finally:
+        e.shutdown()
+    for a, b in zip(alone, together):
+        assert a.text == b.text and a.text
+        assert a.usage == b.usage
+    assert {c.finish_reason for c in together} <= {"stop", "length"}
+
+
+def test_stop_string_and_length_finish() -> None:
+    e = engine()
+    try:
+        q = ["Count from 1 to 20."]
+        full = asyncio.run(run_all(e, q, max_tokens=40))[0]
+        mid = len(full.text) // 2
+        stop_at = full.text[mid:mid + 3]  # a stop string that straddles token boundaries
+        cut = asyncio.run(run_all(e, q, max_tokens=40, stop=(stop_at, "never-appears")))[0]
+    finally:
+        e.shutdown()
+    assert full.finish_reason == "length" and full.usage.completion_tokens == 40
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop_at)]
+
+
+def test_cancel_frees_slot_at_once() -> None:
+    e = engine(max_batch_size=2)
+
+    async def scenario() -> None:
+        s = e.stream_chat(req(QUESTIONS[0], max_tokens=200))
+        first = await s.__anext__()
+        assert first.finish_reason is None
+        await s.aclose()  # client went away
+        for _ in range(100):
+            if e.num_running == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert e.num_running == 0 and e.num_waiting == 0
+        done = await collect(e.stream_chat(req(QUESTIONS[1])))
+        assert done.text
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        e.shutdown()
+
+
+def test_bad_lengths_are_client_errors() -> None:
+    e = engine(max_model_len=64, max_new_tokens=16)
+    try:
+        with pytest.raises(ContextTooLong):
+            asyncio.run(run_all(e, ["word " * 200]))
+        with pytest.raises(ContextTooLong):
+            asyncio.run(run_all(e, ["hi"], max_tokens=500))
+    finally:
+        e.shutdown()
+
+
+def test_queue_bound_refuses_with_retry_after() -> None:
+    e = engine(max_batch_size=1, max_queue=1)
+
+    async def scenario() -> None:
+        streams = [e.stream_chat(req(QUESTIONS[i], max_tokens=30)) for i in range(2)]
+        firsts = [asyncio.ensure_future(s.__anext__()) for s in streams]
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull) as exc:
+            await e.stream_chat(req(QUESTIONS[2])).__anext__()
+        assert exc.value.retry_after >= 1
+        await asyncio.gather(*firsts)
+        for s in streams:
+            await s.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        e.shutdown()
+
+
+def test_out_of_memory_splits_batch_and_answers_everyone_once() -> None:
+    # a cap that holds the weights plus a couple of short sequences, not eight
+    probe = engine()
+    weights, per_token = probe.backend.weights_bytes(), probe.backend.kv_bytes_per_token()
+    probe.shutdown()
+    alone = asyncio.run(_solo_answers())
+    cap_mb = (weights + per_token * 150) // (1024 * 1024) + 1
+    e = engine(memory_cap_mb=int(cap_mb))
+    try:
+        outs = asyncio.run(run_all(e, QUESTIONS * 2))
+        oom = e.metrics.oom_events_total._value.get()
+        limit = e.scheduler.effective_max_batch_size
+    finally:
+        e.shutdown()
+    assert oom >= 1 and limit < 8
+    for q, out in zip(QUESTIONS * 2, outs):
+        assert out.text == alone[q]  # preempted sequences resume; nothing twice, nothing lost
+
+
+async def _solo_answers() -> dict[str, str]:
+    e = engine()
+    try:
+        return {q: (await collect(e.stream_chat(req(q)))).text for q in QUESTIONS}
+    finally:
+        e.shutdown()
