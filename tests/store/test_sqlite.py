@@ -1,0 +1,92 @@
+"""The embedded SQLite session store: restarts, two processes at once, real erasure."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from babeldesk.config import StoreConfig
+from babeldesk.errors import ConfigError
+from babeldesk.store import Turn, open_session_store
+from babeldesk.store.sqlite import sqlite_path
+from tests.store.redis_server import run_appenders
+
+pytestmark = pytest.mark.slow
+
+WRITE_ONE = """
+import asyncio, sys
+from babeldesk.config import StoreConfig
+from babeldesk.store import Turn, open_session_store
+
+async def main(url):
+    store = open_session_store(StoreConfig(sessions_url=url))
+    sid = await store.create("persisted")
+    await store.set_language(sid, "it")
+    await store.append(sid, Turn("user", "Dov'è il mio ordine?", language="it"))
+    await store.mark_handoff(sid, "asked_for_human")
+    await store.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_url_to_path() -> None:
+    assert sqlite_path("sqlite:///rel/s.db") == Path("rel/s.db")
+    assert sqlite_path("sqlite:////abs/s.db") == Path("/abs/s.db")
+    assert sqlite_path("sqlite:///~/s.db") == Path.home() / "s.db"
+    with pytest.raises(ConfigError):
+        open_session_store(StoreConfig(sessions_url="sqlite:///"))
+
+
+async def test_sessions_survive_a_process_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/data/sessions.db"  # the folder is created
+    subprocess.run([sys.executable, "-c", WRITE_ONE, url], check=True, timeout=60)
+    store = open_session_store(StoreConfig(sessions_url=url))
+    try:
+        transcript = await store.transcript("persisted")
+        assert [t.text for t in transcript.turns] == ["Dov'è il mio ordine?"]
+        assert transcript.language == "it"
+        assert transcript.handoff_reason == "asked_for_human"
+    finally:
+        await store.close()
+
+
+async def test_two_processes_append_to_one_session(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/sessions.db"
+    store = open_session_store(StoreConfig(sessions_url=url))
+    try:
+        sid = await store.create()
+        n = 100
+        acked = run_appenders(url, sid, ["a", "b"], n, tmp_path)
+        assert acked == [list(range(n)), list(range(n))]
+        texts = [t.text for t in (await store.transcript(sid)).turns]
+        assert len(texts) == 2 * n
+        for writer in ("a", "b"):
+            assert [t for t in texts if t.startswith(writer)] == [f"{writer}-{i}" for i in range(n)]
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "sessions.db") as db:
+        seqs = [r[0] for r in db.execute("SELECT seq FROM turns WHERE session_id = ?", (sid,))]
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert sorted(seqs) == list(range(2 * n))  # numbered without gaps or duplicates
+
+
+async def test_delete_leaves_no_trace_in_the_files(tmp_path: Path) -> None:
+    db = tmp_path / "sessions.db"
+    store = open_session_store(StoreConfig(sessions_url=f"sqlite:///{db}", redact=False))
+    secret = "Mein Geheimnis: Bestellung für Frau Schmidt-Ößterberg"
+    try:
+        keep = await store.create()
+        await store.append(keep, Turn("user", "keep this one"))
+        gone = await store.create()
+        await store.append(gone, Turn("user", secret))
+        await store.delete(gone)
+    finally:
+        await store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("sessions.db"))
+    assert secret.encode() not in raw
+    assert b"keep this one" in raw
