@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def test_url_to_path() -> None:
 
 async def test_sessions_survive_a_process_restart(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/data/sessions.db"  # the folder is created
-    subprocess.run([sys.executable, "-c", WRITE_ONE, url], check=True, timeout=60)
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-c", WRITE_ONE, url], check=True,
+                            timeout=60)
     store = open_session_store(StoreConfig(sessions_url=url))
     try:
         transcript = await store.transcript("persisted")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from babeldesk.errors import NotFound
 from babeldesk.store.base import CacheKey, CacheKind, CacheLookup, LookupResult, Transcript, Turn

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Awaitable, Mapping, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -107,7 +108,7 @@ class RedisAnswerCache:
             return CacheLookup(key.kind, LookupResult.ERROR)
         if value is None:
             return CacheLookup(key.kind, LookupResult.MISS)
-        return CacheLookup(key.kind, LookupResult.HIT, value)
+        return CacheLookup(key.kind, LookupResult.HIT, str(value))  # decode_responses=True
 
     async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
         if self._bypassed():

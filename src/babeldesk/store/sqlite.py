@@ -17,9 +17,10 @@ import asyncio
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from babeldesk.errors import NotFound, Unavailable
 from babeldesk.store.base import Transcript, Turn
