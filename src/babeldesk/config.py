@@ -208,11 +208,54 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class SupportConfig:
+    kb: str = ""  # knowledge-base folder; "" = the bundled demo shop
+    default_language: str = "en"  # before a session's language is known and no guess is usable
+    verifier: bool = True  # ask the model to decide when the matcher is unsure
+    matcher_threads: int = 1  # embedder + BLAS threads of the intent matcher
+    history_tokens: int = 600  # recent turns kept in the model prompt (approx. tokens)
+    reply_max_tokens: int = 160  # model answers and translations
+    temperature: float = 0.0  # model answers; 0 = greedy, so cached answers are the model's own
+    repeat_handoff: int = 2  # the same question failing this many times -> handoff
+    handoff_webhook: str = ""  # POSTed a JSON event on handoff; "" = none
+    webhook_attempts: int = 4  # tries per handoff event (backoff 0.5 s, 1 s, 2 s ...)
+    webhook_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check("support.history_tokens", self.history_tokens >= 0, "must be >= 0")
+        _check("support.reply_max_tokens", self.reply_max_tokens >= 1, "must be >= 1")
+        _check("support.temperature", 0.0 <= self.temperature <= 2.0, "must be in [0, 2]")
+        _check("support.repeat_handoff", self.repeat_handoff >= 1, "must be >= 1")
+        _check("support.webhook_attempts", self.webhook_attempts >= 1, "must be >= 1")
+        _check("support.matcher_threads", self.matcher_threads >= 1, "must be >= 1")
+        _check("support.handoff_webhook",
+               not self.handoff_webhook or self.handoff_webhook.startswith(("http://", "https://")),
+               "must be an http(s) URL")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_message_chars: int = 4000  # longer customer messages get 413
+    max_body_bytes: int = 1_000_000
+    api_key: str = ""  # bearer token required on /v1/*; "" = open
+    drain_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check("gateway.port", 0 <= self.port <= 65535, "must be a TCP port")
+        _check("gateway.max_message_chars", self.max_message_chars >= 1, "must be >= 1")
+        _check("gateway.max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024")
+
+
+@dataclass(frozen=True)
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
 # --- loading -------------------------------------------------------------------------
