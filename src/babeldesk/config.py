@@ -117,6 +117,9 @@ class StoreConfig:
     redis_prefix: str = "babeldesk:"  # key namespace, so one Redis can serve several shops
     cache_bypass_s: float = 1.0  # after a cache error, skip Redis for this long, seconds
     retry_after_s: float = 5.0  # Retry-After of the 503 when the session store is down
+    # sqlite://: fsync every commit (survives power loss; ~5 ms a write on a plain disk) or
+    # only at WAL checkpoints (survives process crashes and restarts; ~0.3 ms a write)
+    sqlite_fsync: bool = False
 
     def __post_init__(self) -> None:
         _check("store.cache_url", self.cache_url.startswith(_CACHE_SCHEMES),

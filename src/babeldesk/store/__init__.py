@@ -63,7 +63,8 @@ def open_session_store(config: StoreConfig) -> SessionStore:
             path = sqlite_path(config.sessions_url)
         except ValueError as exc:
             raise ConfigError("store.sessions_url", str(exc)) from None
-        return SqliteSessionStore(path, config.session_ttl_s, redactor, config.retry_after_s)
+        return SqliteSessionStore(path, config.session_ttl_s, redactor, config.retry_after_s,
+                                  config.sqlite_fsync)
     from babeldesk.store.redis_store import RedisSessionStore, connect
 
     client = connect(config.sessions_url, config.redis_timeout_s)
