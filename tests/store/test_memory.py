@@ -27,7 +27,7 @@ async def test_hit_miss() -> None:
     cache = MemoryAnswerCache(10, TTLS)
     key = kb_answer_key("warranty", "de", "v1")
     assert (await cache.get(key)).result is LookupResult.MISS
-    assert await cache.set(key, "Zwei Jahre Garantie.") is LookupResult.MISS
+    assert await cache.set(key, "Zwei Jahre Garantie.") is True
     lookup = await cache.get(key)
     assert lookup.hit and lookup.value == "Zwei Jahre Garantie." and lookup.kind is CacheKind.KB
 

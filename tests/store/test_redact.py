@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from babeldesk.errors import ConfigError
 from babeldesk.store import Redactor, Turn
-from babeldesk.store.redact import luhn_ok
+from babeldesk.store.redact import RedactingFilter, luhn_ok
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -70,3 +72,15 @@ def test_turn_keeps_everything_but_the_text() -> None:
         == (turn.role, turn.language, turn.intent, turn.confidence, turn.time)
     clean = Turn("user", "nothing to hide")
     assert Redactor().turn(clean) is clean
+
+
+def test_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("babeldesk.test.redact")
+    caplog.handler.addFilter(RedactingFilter(Redactor()))
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info("customer said %r", "écrivez à marie@example.fr ou +33 6 12 34 56 78")
+        log.info("nothing personal in %d messages", 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "customer said 'écrivez à [email] ou [phone]'",
+        "nothing personal in 3 messages",
+    ]

@@ -34,8 +34,8 @@ async def test_cache_hit_miss_and_kinds(redis_server: RedisServer) -> None:
         kb = kb_answer_key("refund_status", "es", "v1")
         model = model_answer_key("es", "¿Puedo pagar con PayPal?", "v1")
         assert (await cache.get(kb)).result is LookupResult.MISS
-        assert await cache.set(kb, "El reembolso tarda 5 días.") is LookupResult.MISS
-        assert await cache.set(model, "Sí, aceptamos PayPal.") is LookupResult.MISS
+        assert await cache.set(kb, "El reembolso tarda 5 días.") is True
+        assert await cache.set(model, "Sí, aceptamos PayPal.") is True
         hit = await cache.get(kb)
         assert hit.hit and hit.value == "El reembolso tarda 5 días." and hit.kind.value == "kb"
         again = await cache.get(model_answer_key("es", "¿puedo pagar con paypal", "v1"))
@@ -73,7 +73,7 @@ async def test_redis_down_bypasses_the_cache_then_recovers(redis_server: RedisSe
         redis_server.kill()
         lookup = await cache.get(key)  # no exception: an error the caller counts
         assert lookup.result is LookupResult.ERROR and lookup.value is None
-        assert await cache.set(key, "skipped") is LookupResult.ERROR
+        assert await cache.set(key, "skipped") is False
         redis_server.start()  # same dir: the AOF brings the entry back
         assert (await cache.get(key)).result is LookupResult.ERROR  # still in the bypass window
         await asyncio.sleep(0.6)

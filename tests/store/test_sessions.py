@@ -41,6 +41,12 @@ async def test_turns_come_back_in_order_with_every_field(store: SessionStore) ->
     assert transcript.turns == (user, bot)
     assert transcript.created_at > 1_700_000_000
     assert not transcript.handed_off
+    body = transcript.to_dict()
+    assert body["handoff"] is None
+    assert body["turns"][1] == {"role": "assistant", "text": "En 5 a 7 días hábiles.",
+                                "language": "es", "source": "knowledge_base",
+                                "intent": "refund_status", "confidence": 0.93,
+                                "time": 1_700_000_001.25}
 
 
 async def test_last_n_turns(store: SessionStore) -> None:
@@ -102,6 +108,7 @@ async def test_handoff_and_language_lock(store: SessionStore) -> None:
     assert transcript.language == "ko"
     assert transcript.handoff_reason == "repeated_failure"
     assert transcript.handed_off
+    assert transcript.to_dict()["handoff"] == {"reason": "repeated_failure"}
 
 
 async def test_stored_text_is_redacted_when_on(store: SessionStore) -> None:

@@ -110,15 +110,25 @@ class Transcript:
     def handed_off(self) -> bool:
         return self.handoff_reason is not None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of ``GET /v1/support/sessions/{id}``."""
+        return {
+            "session_id": self.session_id,
+            "created_at": self.created_at,
+            "language": self.language,
+            "handoff": {"reason": self.handoff_reason} if self.handed_off else None,
+            "turns": [asdict(t) for t in self.turns],
+        }
+
 
 class AnswerCache(Protocol):
     """Answers by key with a TTL per kind. Never raises for backend failures."""
 
     async def get(self, key: CacheKey) -> CacheLookup: ...
 
-    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
-        """Store ``value``; ``ttl_s`` None takes the kind's TTL. Returns MISS when written
-        (nothing was there to hit), ERROR when the backend was unreachable and it was skipped."""
+    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> bool:
+        """Store ``value``; ``ttl_s`` None takes the kind's TTL. False: the backend was
+        unreachable and the write was skipped (logged)."""
         ...
 
     async def clear(self) -> None: ...

@@ -40,13 +40,13 @@ class MemoryAnswerCache:
         self._entries.move_to_end(key.key)
         return CacheLookup(key.kind, LookupResult.HIT, value)
 
-    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
+    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> bool:
         ttl = self._ttls[key.kind] if ttl_s is None else ttl_s
         self._entries[key.key] = (time.monotonic() + ttl, value)
         self._entries.move_to_end(key.key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-        return LookupResult.MISS
+        return True
 
     async def clear(self) -> None:
         self._entries.clear()

@@ -110,16 +110,16 @@ class RedisAnswerCache:
             return CacheLookup(key.kind, LookupResult.MISS)
         return CacheLookup(key.kind, LookupResult.HIT, str(value))  # decode_responses=True
 
-    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> LookupResult:
+    async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> bool:
         if self._bypassed():
-            return LookupResult.ERROR
+            return False
         ttl = self._ttls[key.kind] if ttl_s is None else ttl_s
         try:
             await self._redis.set(self._prefix + key.key, value, px=max(1, int(ttl * 1000)))
         except (RedisError, OSError) as exc:
             self._failed("set", exc)
-            return LookupResult.ERROR
-        return LookupResult.MISS
+            return False
+        return True
 
     async def clear(self) -> None:
         """Drop every cached answer under this prefix (e.g. after a KB reload)."""
