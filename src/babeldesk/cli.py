@@ -60,6 +60,79 @@ deploy_app = typer.Typer(help="Render deployment configs.", no_args_is_help=True
 app.add_typer(deploy_app, name="deploy")
 
 
+# --- deploy nginx / envoy (issue 4: the fleet's pool as an nginx or Envoy config) -----------
+
+
+def _fleet_for_deploy(
+    config: Optional[Path], upstream: Optional[list[str]], backup: Optional[list[str]],
+    policy: Optional[str],
+) -> object:
+    from babeldesk.config import load_config, parse_upstreams
+
+    overrides: dict[str, object] = {}
+    if upstream or backup:
+        overrides["upstreams"] = parse_upstreams(
+            [*(upstream or []), *({"url": u, "backup": True} for u in backup or [])])
+    if policy:
+        overrides["policy"] = policy
+    return load_config(config, overrides={"fleet": overrides}).fleet
+
+
+def _deploy_render(kind: str, config: Optional[Path], upstream: Optional[list[str]],
+                   backup: Optional[list[str]], policy: Optional[str], listen: str,
+                   output: Optional[Path]) -> None:
+    from babeldesk.errors import BabeldeskError
+    from babeldesk.fleet.render import ProxyOptions, render_envoy, render_nginx
+
+    try:
+        fleet = _fleet_for_deploy(config, upstream, backup, policy)
+        host, _, port = listen.rpartition(":")
+        if not port.isdigit():
+            _fail(f"--listen: expected HOST:PORT, got {listen!r}")
+        opts = ProxyOptions(listen_host=host or "0.0.0.0", listen_port=int(port))
+        render = render_nginx if kind == "nginx" else render_envoy
+        text = render(fleet, opts)  # type: ignore[arg-type]
+    except BabeldeskError as exc:
+        _fail(exc.message)
+        return
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}", err=True)
+
+
+_UpstreamOpt = typer.Option(None, "--upstream", "-u", help="Worker base URL (repeatable); "
+                            "default: fleet.upstreams of the config.")
+_BackupOpt = typer.Option(None, "--backup", help="Backup worker URL (repeatable).")
+_PolicyOpt = typer.Option(None, help="session_affinity | least_outstanding | "
+                          "weighted_round_robin")
+_ListenOpt = typer.Option("0.0.0.0:8080", help="HOST:PORT the balancer listens on.")
+_OutputOpt = typer.Option(None, "--output", "-o", help="Write here instead of stdout.")
+
+
+@deploy_app.command("nginx")
+def deploy_nginx(
+    config: Optional[Path] = ConfigOpt, upstream: Optional[list[str]] = _UpstreamOpt,
+    backup: Optional[list[str]] = _BackupOpt, policy: Optional[str] = _PolicyOpt,
+    listen: str = _ListenOpt, output: Optional[Path] = _OutputOpt,
+) -> None:
+    """nginx.conf for the fleet: weights, backups, max_fails/fail_timeout, consistent hash
+    on the session header, SSE buffering off, timeouts, retries before the first byte."""
+    _deploy_render("nginx", config, upstream, backup, policy, listen, output)
+
+
+@deploy_app.command("envoy")
+def deploy_envoy(
+    config: Optional[Path] = ConfigOpt, upstream: Optional[list[str]] = _UpstreamOpt,
+    backup: Optional[list[str]] = _BackupOpt, policy: Optional[str] = _PolicyOpt,
+    listen: str = _ListenOpt, output: Optional[Path] = _OutputOpt,
+) -> None:
+    """Envoy bootstrap for the fleet: active health checks, outlier detection, ring hash on
+    the session header, retries with a budget, backups as priority 1."""
+    _deploy_render("envoy", config, upstream, backup, policy, listen, output)
+
+
 # --- engine / worker -------------------------------------------------------------------------
 
 
@@ -356,6 +429,69 @@ def deploy_kubernetes(
         out.write_text(text)
         typer.echo(f"wrote {out}", err=True)
 
+
+# --- cost (issue 5: fleets side by side from bench results or given capacities) -------------
+
+
+@app.command()
+def cost(
+    fleet: list[str] = typer.Option(
+        [], "--fleet", help="NAME:price=P,rps=R or NAME:price=P,bench=FILE; repeat to compare. "
+        "rps = model-answered requests/s per replica within the SLO; price per replica-hour."),
+    file: Optional[Path] = typer.Option(
+        None, "--file", "-f", exists=True, dir_okay=False,
+        help="YAML with traffic:, plan: and fleets: sections (flags win)."),
+    requests_per_day: Optional[float] = typer.Option(None, help="Support messages per day."),
+    peak_to_average: Optional[float] = typer.Option(None, help="Peak rate / daily average [3]."),
+    off_peak_hours: Optional[float] = typer.Option(None, help="Quiet hours per day [8]."),
+    off_peak_load: Optional[float] = typer.Option(
+        None, help="Off-peak rate / daily average [0.2]."),
+    kb_share: Optional[float] = typer.Option(
+        None, help="Share of messages answered without the model (knowledge base, cache, "
+        "handoff) [from the first bench result that measured it]."),
+    utilization: Optional[float] = typer.Option(
+        None, help="Plan replicas to run at most this share of capacity [0.8]."),
+    min_replicas: Optional[int] = typer.Option(None, help="Never fewer replicas [1]."),
+    currency: str = typer.Option("$", help="Symbol printed before amounts."),
+    out: Path = typer.Option(Path("reports/cost"), help="Folder for cost.json and cost.png."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write cost.png (matplotlib)."),
+) -> None:
+    """Replicas, cost per 1,000 requests and per QPS, monthly cost: several fleets side by
+    side, with and without the knowledge-base/cache share and off-peak scale-down."""
+    import yaml
+    from rich.console import Console
+
+    from babeldesk.bench import cost as cost_model
+    from babeldesk.errors import BabeldeskError
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) if file else None
+        fleets, traffic, plan = cost_model.build_inputs(
+            data, fleet_specs=fleet, base_dir=file.parent if file else None,
+            traffic=dict(requests_per_day=requests_per_day, peak_to_average=peak_to_average,
+                         off_peak_hours=off_peak_hours, off_peak_load=off_peak_load),
+            plan=dict(without_model_share=kb_share, utilization=utilization,
+                      min_replicas=min_replicas))
+        report = cost_model.estimate(fleets, traffic, plan)
+    except yaml.YAMLError as exc:
+        _fail(f"{file}: invalid YAML: {exc}")
+        return
+    except BabeldeskError as exc:
+        _fail(exc.message)
+        return
+    console = Console()
+    console.print("[bold]Assumptions[/bold]")
+    for line in report.assumptions:
+        console.print(f"  - {line}", highlight=False, soft_wrap=True)
+    console.print(cost_model.render_table(report, currency))
+    written = [cost_model.write_json(report, out / "cost.json")]
+    if plot:
+        try:
+            written.append(cost_model.plot(report, out / "cost.png", currency))
+        except ImportError:
+            console.print("no cost.png: matplotlib not installed (extra `plot`)")
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

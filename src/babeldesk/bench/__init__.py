@@ -1,0 +1,1 @@
+"""Load generator, workloads, batch tuner, cost model, reports and plots (HTTP only)."""
