@@ -67,12 +67,12 @@ def _fleet_for_deploy(
     config: Optional[Path], upstream: Optional[list[str]], backup: Optional[list[str]],
     policy: Optional[str],
 ) -> object:
-    from babeldesk.config import load_config, parse_upstreams
+    from babeldesk.config import load_config
 
     overrides: dict[str, object] = {}
     if upstream or backup:
-        overrides["upstreams"] = parse_upstreams(
-            [*(upstream or []), *({"url": u, "backup": True} for u in backup or [])])
+        overrides["upstreams"] = [*(upstream or []),
+                                  *({"url": u, "backup": True} for u in backup or [])]
     if policy:
         overrides["policy"] = policy
     return load_config(config, overrides={"fleet": overrides}).fleet
