@@ -4,15 +4,20 @@ Never a stack trace, never a 500 for a client mistake."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import threading
+import time
+from typing import Any, Callable
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from babeldesk.errors import BabeldeskError, QueueFull, Unavailable
+from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge, QueueFull, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +56,70 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"error": {"type": "internal_error", "message": "internal error; see the server log"}},
             status_code=500)
+
+
+# --- request bodies ------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) past ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json_body(raw: bytes, limit: int) -> Any:
+    """Bytes of a request body -> JSON value, or a 4xx naming the problem."""
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body is {len(raw)} bytes; the limit is {limit}")
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+
+
+# --- graceful shutdown ------------------------------------------------------------------
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT first drains: ``on_drain()`` flips the app to refusing
+    new work (503, /ready false), then the server waits until ``busy()`` is 0 or
+    ``grace_s`` has passed, and only then shuts down. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, *, grace_s: float,
+                 on_drain: Callable[[], None], busy: Callable[[], int]) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+        self.on_drain = on_drain
+        self.busy = busy
+        self._drain_started = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._drain_started:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._drain_started = True
+        threading.Thread(target=self._drain, name="drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        self.on_drain()
+        log.info("draining: refusing new requests, up to %.0fs for in-flight ones", self.grace_s)
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and self.busy() > 0:
+            time.sleep(0.05)
+        self.should_exit = True

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from babeldesk.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from babeldesk.errors import InvalidRequest, ModelNotFound
+from babeldesk.web import decode_json_body, read_body
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
 
 MAX_STOP = 4
@@ -70,22 +71,6 @@ def _describe(err: ValidationError) -> tuple[str, str]:
     loc = ".".join(str(x) for x in first.get("loc", ())) or "body"
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     return f"{loc}: {msg}", loc
-
-
-def decode_json_body(raw: bytes, limit: int) -> Any:
-    """Bytes of a request body -> JSON value, or a 4xx naming the problem."""
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body is {len(raw)} bytes; the limit is {limit}")
-    if not raw.strip():
-        raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
 
 
 def parse_chat_request(data: Any, served_names: set[str]) -> tuple[ChatCompletionBody, ChatRequest]:
@@ -178,21 +163,6 @@ async def sse_stream(stream: Any, req_id: str, model: str, include_usage: bool) 
         yield "data: [DONE]\n\n"
     finally:
         stream.cancel()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) past ``limit`` bytes without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -> APIRouter:

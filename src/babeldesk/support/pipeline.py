@@ -1,0 +1,340 @@
+"""One customer message through the assistant:
+
+  validate -> session + language lock -> answer cache (first, self-contained messages)
+  -> intent matcher (+ model verifier when unsure) -> handoff rules
+  -> knowledge-base answer (translated by the model when the KB lacks the language)
+     or a grounded model answer -> transcript, metrics, webhook.
+
+``stream()`` yields text deltas and ends with the full ``SupportReply``; ``handle()``
+collects it. The model is any ``ChatModel``: the in-process engine (``serve``) or the
+fleet client (``gateway``); this module never knows which.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import AsyncIterator, Callable, Union
+
+from babeldesk.config import SupportConfig
+from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge
+from babeldesk.store import (
+    AnswerCache, CacheKey, LookupResult, SessionStore, Transcript, Turn, kb_answer_key,
+    model_answer_key, normalise_text,
+)
+from babeldesk.support.handoff import HandoffReason, WebhookNotifier, event, repeats
+from babeldesk.support.kb import KnowledgeBase
+from babeldesk.support.language import (
+    Detection, LanguageDetector, LanguageLock, LockState, normalize_language_code, text_weight,
+)
+from babeldesk.support.matcher import IntentMatcher, Match, llm_verifier
+from babeldesk.support.prompt import (
+    NO_ANSWER, Fact, answer_prompt, leaks_system_prompt, system_prompt, translation_prompt,
+)
+from babeldesk.telemetry.metrics import Metrics
+from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+HUMAN_INTENT = "contact_human"
+HISTORY_TURNS = 20  # transcript turns read per message (the prompt budget trims further)
+
+
+class Source(str, enum.Enum):
+    KNOWLEDGE_BASE = "knowledge_base"
+    CACHE = "cache"
+    MODEL = "model"
+    HANDOFF = "handoff"
+
+
+@dataclass(frozen=True, slots=True)
+class SupportRequest:
+    message: str
+    session_id: str | None = None
+    language: str | None = None  # explicit: wins over detection
+
+
+@dataclass(frozen=True, slots=True)
+class SupportReply:
+    session_id: str
+    reply: str
+    language: str
+    source: str  # Source value
+    intent: str | None
+    confidence: float
+    handoff: dict[str, str] | None
+    latency_ms: float
+    translated: bool = False  # the KB answer was translated into `language` by the model
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+Event = Union[str, SupportReply]  # text deltas, then the final reply
+
+
+def validate_message(text: object, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise InvalidRequest("message must be a string", param="message")
+    if len(text) > max_chars:
+        raise PayloadTooLarge(f"message is {len(text)} characters; the limit is {max_chars}")
+    if not text.strip():
+        raise InvalidRequest("message is empty", param="message")
+    junk = sum(1 for ch in text if unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn")
+               and ch not in "\n\r\t")
+    if junk and junk / len(text) > 0.1 or "\x00" in text:
+        raise InvalidRequest("message contains binary data, not text", param="message")
+    return text.strip()
+
+
+def encode_lock(state: LockState) -> str | None:
+    """The session's language field: ``es`` or ``es>fr`` (locked, pending switch)."""
+    if state.locked is None:
+        return None
+    return state.locked + (f">{state.pending}" if state.pending else "")
+
+
+def decode_lock(value: str | None) -> LockState:
+    if not value:
+        return LockState()
+    locked, _, pending = value.partition(">")
+    return LockState(locked=locked, pending=pending or None)
+
+
+def _cached_value(reply: str, intent: str | None, confidence: float, translated: bool) -> str:
+    return json.dumps({"reply": reply, "intent": intent, "confidence": round(confidence, 4),
+                       "translated": translated}, ensure_ascii=False)
+
+
+class SupportPipeline:
+    def __init__(self, *, kb: KnowledgeBase, matcher: IntentMatcher, sessions: SessionStore,
+                 cache: AnswerCache, model: ChatModel | None, config: SupportConfig,
+                 metrics: Metrics, max_message_chars: int = 4000,
+                 detector: LanguageDetector | None = None, lock: LanguageLock | None = None,
+                 notifier: WebhookNotifier | None = None,
+                 redact: Callable[[str], str] | None = None) -> None:
+        self.kb, self.matcher, self.sessions, self.cache = kb, matcher, sessions, cache
+        self.model, self.config, self.metrics = model, config, metrics
+        self.max_message_chars = max_message_chars
+        self.detector = detector or LanguageDetector()
+        self.lock = lock or LanguageLock()
+        self.notifier = notifier
+        self.redact = redact or (lambda t: t)  # for what leaves the process (webhook)
+        self._verifier = llm_verifier(model) if model is not None and config.verifier else None
+
+    async def handle(self, request: SupportRequest) -> SupportReply:
+        async for item in self.stream(request):
+            if isinstance(item, SupportReply):
+                return item
+        raise RuntimeError("support stream ended without a reply")
+
+    async def stream(self, request: SupportRequest) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        text = validate_message(request.message, self.max_message_chars)
+        explicit = normalize_language_code(request.language) if request.language else None
+        if request.session_id:
+            transcript = await self.sessions.transcript(request.session_id, last=HISTORY_TURNS)
+            session_id = request.session_id
+        else:
+            session_id = await self.sessions.create()
+            transcript = Transcript(session_id, time.time(), ())
+        lang = await self._language(session_id, transcript, text, explicit)
+        first_message = not transcript.turns
+
+        outcome: _Outcome | None = None
+        text_key = model_answer_key(lang, text, self.kb.version) if first_message else None
+        if text_key is not None:
+            outcome = await self._from_cache(text_key)
+        if outcome is None:
+            match = await self.matcher.amatch(text, self._verifier)
+            outcome = await self._decide(session_id, transcript, text, lang, match)
+            if outcome is None:  # the model path streams
+                async for item in self._model_answer(transcript, text, lang, match):
+                    if isinstance(item, str):
+                        yield item
+                    else:
+                        outcome = item
+            else:
+                yield outcome.reply
+            assert outcome is not None
+            if text_key is not None and outcome.cacheable:
+                await self._cache_set(text_key, _cached_value(
+                    outcome.reply, outcome.intent, outcome.confidence, outcome.translated))
+        else:
+            yield outcome.reply
+
+        reply = SupportReply(
+            session_id=session_id, reply=outcome.reply, language=lang,
+            source=outcome.source.value, intent=outcome.intent,
+            confidence=round(outcome.confidence, 4),
+            handoff={"reason": outcome.handoff.value} if outcome.handoff else None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            translated=outcome.translated)
+        await self._record(session_id, text, reply)
+        yield reply
+
+    # --- steps ---------------------------------------------------------------------------
+
+    async def _language(self, session_id: str, transcript: Transcript, text: str,
+                        explicit: str | None) -> str:
+        state = decode_lock(transcript.language)
+        detection: Detection = self.detector.detect(text)
+        decision = self.lock.step(state, detection, text_weight(text), explicit)
+        if decision.state != state:
+            await self.sessions.set_language(session_id, encode_lock(decision.state))
+        return decision.language
+
+    async def _from_cache(self, key: CacheKey) -> _Outcome | None:
+        found = await self.cache.get(key)
+        self.metrics.cache_lookups_total.labels(key.kind.value, found.result.value).inc()
+        if not found.hit or found.value is None:
+            return None
+        try:
+            data = json.loads(found.value)
+            return _Outcome(str(data["reply"]), Source.CACHE, data.get("intent"),
+                            float(data.get("confidence", 0.0)), None,
+                            translated=bool(data.get("translated")), cacheable=False)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed cache entry for %s", key.key)
+            return None
+
+    async def _cache_set(self, key: CacheKey, value: str) -> None:
+        result = await self.cache.set(key, value)
+        if result is LookupResult.ERROR:
+            self.metrics.cache_lookups_total.labels(key.kind.value, "error").inc()
+
+    async def _decide(self, session_id: str, transcript: Transcript, text: str, lang: str,
+                      match: Match) -> _Outcome | None:
+        """Handoff or a KB answer; None means: ask the model."""
+        if match.intent is not None and self.kb.intents[match.intent].handoff:
+            return await self._handoff(lang, HandoffReason.CUSTOMER_REQUEST, match.intent,
+                                       match.confidence)
+        if self._repeated(transcript, text, match.intent):
+            return await self._handoff(lang, HandoffReason.REPEATED_QUESTION, match.intent,
+                                       match.confidence)
+        if match.intent is None:
+            return None
+        reply, source, translated = await self._kb_answer(match.intent, lang)
+        return _Outcome(reply, source, match.intent, match.confidence, None, translated)
+
+    async def _kb_answer(self, intent: str, lang: str) -> tuple[str, Source, bool]:
+        """The KB answer in ``lang``; translated (and cached) when the KB lacks it."""
+        direct = self.kb.answer(intent, lang)
+        if direct is not None:
+            return direct, Source.KNOWLEDGE_BASE, False
+        key = kb_answer_key(intent, lang, self.kb.version)
+        found = await self.cache.get(key)
+        self.metrics.cache_lookups_total.labels(key.kind.value, found.result.value).inc()
+        if found.hit and found.value:
+            return found.value, Source.CACHE, True
+        english = self.kb.answer(intent, "en") or next(iter(self.kb.intents[intent].answers.values()))
+        if self.model is None:
+            return english, Source.KNOWLEDGE_BASE, False
+        try:
+            text = await self._complete(translation_prompt(english, lang))
+        except BabeldeskError as exc:
+            log.warning("translation to %s failed (%s); answering in English", lang, exc.message)
+            return english, Source.KNOWLEDGE_BASE, False
+        if not text:
+            return english, Source.KNOWLEDGE_BASE, False
+        await self._cache_set(key, text)
+        return text, Source.KNOWLEDGE_BASE, True
+
+    async def _complete(self, messages: list[ChatMessage]) -> str:
+        assert self.model is not None
+        params = SamplingParams(max_tokens=self.config.reply_max_tokens,
+                                temperature=self.config.temperature)
+        parts = [d.text async for d in self.model.stream_chat(ChatRequest(messages, params))]
+        return "".join(parts).strip()
+
+    async def _model_answer(self, transcript: Transcript, text: str, lang: str,
+                            match: Match) -> AsyncIterator[str | _Outcome]:
+        """Grounded answer from the model, streamed. NO_ANSWER, a failing model or a reply
+        that leaks the instructions end as a handoff / a safe reply instead."""
+        if self.model is None:
+            yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
+            return
+        facts = [Fact(c.intent_id, self.kb.answer(c.intent_id, lang)
+                      or self.kb.answer(c.intent_id, "en") or "")
+                 for c in match.candidates if not self.kb.intents[c.intent_id].handoff]
+        history = [ChatMessage("user" if t.role == "user" else "assistant", t.text)
+                   for t in transcript.turns if t.role in ("user", "assistant")]
+        shop = self.kb.shop
+        messages = answer_prompt(shop.persona, shop.name, lang, facts, history, text,
+                                 self.config.history_tokens)
+        params = SamplingParams(max_tokens=self.config.reply_max_tokens,
+                                temperature=self.config.temperature)
+        parts: list[str] = []
+        held = ""  # text held back while it may still become NO_ANSWER
+        try:
+            async for delta in self.model.stream_chat(ChatRequest(messages, params)):
+                parts.append(delta.text)
+                if held is not None:
+                    held += delta.text
+                    probe = held.lstrip()
+                    if NO_ANSWER.startswith(probe) or probe.startswith(NO_ANSWER):
+                        continue
+                    yield held
+                    held = None  # type: ignore[assignment]
+                elif delta.text:
+                    yield delta.text
+        except BabeldeskError as exc:
+            log.warning("model path failed: %s", exc.message)
+            yield await self._handoff(lang, HandoffReason.MODEL_UNAVAILABLE, match.intent,
+                                      match.confidence)
+            return
+        reply = "".join(parts).strip()
+        if not reply or NO_ANSWER in reply:
+            yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
+            return
+        system = system_prompt(shop.persona, shop.name, lang, facts)
+        if leaks_system_prompt(reply, system):
+            log.warning("model reply repeated its instructions; replaced")
+            safe = self.kb.answer(HUMAN_INTENT, lang) or self.kb.answer(HUMAN_INTENT, "en") or ""
+            yield _Outcome(safe, Source.MODEL, None, match.confidence, None, cacheable=False)
+            return
+        yield _Outcome(reply, Source.MODEL, None, match.confidence, None)
+
+    async def _handoff(self, lang: str, reason: HandoffReason, intent: str | None,
+                       confidence: float) -> _Outcome:
+        reply, _, translated = await self._kb_answer(HUMAN_INTENT, lang) \
+            if HUMAN_INTENT in self.kb.intents else ("", Source.HANDOFF, False)
+        return _Outcome(reply, Source.HANDOFF, intent, confidence, reason, translated,
+                        cacheable=False)
+
+    def _repeated(self, transcript: Transcript, text: str, intent: str | None) -> bool:
+        key = intent or ("text:" + normalise_text(text))
+        previous = [t.intent or ("text:" + normalise_text(t.text))
+                    for t in transcript.turns if t.role == "user"]
+        return repeats(previous, key) >= self.config.repeat_handoff
+
+    async def _record(self, session_id: str, text: str, reply: SupportReply) -> None:
+        await self.sessions.append(session_id, Turn(
+            "user", text, language=reply.language, intent=reply.intent,
+            confidence=reply.confidence))
+        await self.sessions.append(session_id, Turn(
+            "assistant", reply.reply, language=reply.language, source=reply.source,
+            intent=reply.intent, confidence=reply.confidence))
+        self.metrics.messages_total.labels(reply.language, reply.source).inc()
+        if reply.handoff:
+            reason = reply.handoff["reason"]
+            await self.sessions.mark_handoff(session_id, reason)
+            self.metrics.handoffs_total.labels(reason).inc()
+            if self.notifier is not None:
+                self.notifier.notify(event(session_id, HandoffReason(reason), reply.language,
+                                           self.redact(text), reply.intent))
+
+
+@dataclass(slots=True)
+class _Outcome:
+    reply: str
+    source: Source
+    intent: str | None
+    confidence: float
+    handoff: HandoffReason | None
+    translated: bool = False
+    cacheable: bool = True  # may be stored under the message's text key
