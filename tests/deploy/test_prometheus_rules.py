@@ -35,7 +35,7 @@ def promtool() -> str:
 
 def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from babeldesk.errors import ConfigError
 
@@ -333,25 +334,28 @@ def estimate(fleets: list[Fleet], traffic: Traffic, plan: Plan) -> CostReport:
 
 def assumptions(fleets: list[Fleet], traffic: Traffic, plan: Plan) -> list[str]:
     t = traffic
+    if plan.without_model_share:
+        share = (f"knowledge base / cache / handoff share: {plan.without_model_share:.0%} of "
+                 f"messages never reach the model ({plan.share_source})")
+    else:
+        share = (f"knowledge base / cache share: 0 ({plan.share_source}; pass --kb-share or a "
+                 "bench result with source_shares); only no-KB rows shown")
     out = [
-        f"traffic: {t.requests_per_day:,.0f} requests/day = {t.average_rps:.3f} requests/s "
-        f"on average",
-        f"peak: {t.peak_to_average:g} x average = {t.peak_rps:.3f} requests/s; the fleet "
-        f"holds its peak size for the {t.on_peak_hours:g} on-peak hours",
-        f"off-peak: {t.off_peak_hours:g} h/day at {t.off_peak_load:g} x average = "
-        f"{t.off_peak_rps:.3f} requests/s (flat); the on-peak hours carry the rest "
-        f"({t.on_peak_average_rps:.3f} requests/s on average)",
-        f"replicas run at most {plan.utilization:.0%} of their SLO capacity (burst headroom), "
-        f"never fewer than {plan.min_replicas}",
-        "capacity = model-answered requests/s per replica within the latency SLO; messages "
-        "answered from the knowledge base or cache are assumed free on the model fleet "
-        "(the CPU gateway tier that answers them is not costed here)",
-        f"knowledge base / cache / handoff share: {plan.without_model_share:.0%} of messages "
-        f"never reach the model ({plan.share_source})" if plan.without_model_share else
-        "knowledge base / cache share: not given (pass --kb-share or a bench result "
-        "with source_shares); only no-KB rows shown",
-        f"month = {DAYS_PER_MONTH:g} days; cost per QPS = monthly cost / peak requests/s; "
-        "prices are per replica-hour, billed for every hour a replica runs",
+        (f"traffic: {t.requests_per_day:,.0f} requests/day = {t.average_rps:.3f} requests/s "
+         "on average"),
+        (f"peak: {t.peak_to_average:g} x average = {t.peak_rps:.3f} requests/s; the fleet "
+         f"holds its peak size for the {t.on_peak_hours:g} on-peak hours"),
+        (f"off-peak: {t.off_peak_hours:g} h/day at {t.off_peak_load:g} x average = "
+         f"{t.off_peak_rps:.3f} requests/s (flat); the on-peak hours carry the rest "
+         f"({t.on_peak_average_rps:.3f} requests/s on average)"),
+        (f"replicas run at most {plan.utilization:.0%} of their SLO capacity (burst headroom), "
+         f"never fewer than {plan.min_replicas}"),
+        ("capacity = model-answered requests/s per replica within the latency SLO; messages "
+         "answered from the knowledge base or cache are assumed free on the model fleet "
+         "(the CPU gateway tier that answers them is not costed here)"),
+        share,
+        (f"month = {DAYS_PER_MONTH:g} days; cost per QPS = monthly cost / peak requests/s; "
+         "prices are per replica-hour, billed for every hour a replica runs"),
     ]
     for f in fleets:
         out.append(f"fleet {f.name}: {f.price_per_hour:g} per replica-hour, "
@@ -418,8 +422,10 @@ def build_inputs(
         if m != int(m):
             raise ConfigError("plan.min_replicas", f"must be an integer, got {p['min_replicas']!r}")
         p["min_replicas"] = int(m)
-    plan_obj = Plan(**{k: (v if k in ("min_replicas", "share_source") else _number(f"plan.{k}", v))
-                       for k, v in p.items()})
+    kwargs: dict[str, Any] = {
+        k: (v if k in ("min_replicas", "share_source") else _number(f"plan.{k}", v))
+        for k, v in p.items()}
+    plan_obj = Plan(**kwargs)
     return fleets, traffic_obj, plan_obj
 
 
