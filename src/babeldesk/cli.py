@@ -442,16 +442,17 @@ def cost(
         None, "--file", "-f", exists=True, dir_okay=False,
         help="YAML with traffic:, plan: and fleets: sections (flags win)."),
     requests_per_day: Optional[float] = typer.Option(None, help="Support messages per day."),
-    peak_to_average: Optional[float] = typer.Option(None, help="Peak rate / daily average [3]."),
-    off_peak_hours: Optional[float] = typer.Option(None, help="Quiet hours per day [8]."),
+    peak_to_average: Optional[float] = typer.Option(
+        None, help="Peak rate / daily average (default 3)."),
+    off_peak_hours: Optional[float] = typer.Option(None, help="Quiet hours per day (default 8)."),
     off_peak_load: Optional[float] = typer.Option(
-        None, help="Off-peak rate / daily average [0.2]."),
+        None, help="Off-peak rate / daily average (default 0.2)."),
     kb_share: Optional[float] = typer.Option(
         None, help="Share of messages answered without the model (knowledge base, cache, "
-        "handoff) [from the first bench result that measured it]."),
+        "handoff) (default: from the first bench result that measured it)."),
     utilization: Optional[float] = typer.Option(
-        None, help="Plan replicas to run at most this share of capacity [0.8]."),
-    min_replicas: Optional[int] = typer.Option(None, help="Never fewer replicas [1]."),
+        None, help="Plan replicas to run at most this share of capacity (default 0.8)."),
+    min_replicas: Optional[int] = typer.Option(None, help="Never fewer replicas (default 1)."),
     currency: str = typer.Option("$", help="Symbol printed before amounts."),
     out: Path = typer.Option(Path("reports/cost"), help="Folder for cost.json and cost.png."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write cost.png (matplotlib)."),
