@@ -64,6 +64,7 @@ class ChatRequest:
     messages: Sequence[ChatMessage]
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
+    session_id: str | None = None  # conversation key for session affinity across workers
 
 
 class ChatModel(Protocol):

@@ -432,6 +432,7 @@ class FleetChatModel:
         """Text deltas, then one final delta with finish_reason and usage. A stream broken
         midway ends with ``finish_reason="error"`` and ``error`` set. Raises before the
         first delta: ``Unavailable`` (no upstream), ``QueueFull``, ``InvalidRequest``."""
+        session_id = session_id or request.session_id
         reply = await self.fleet.request(self.body(request), session_id=session_id)
         if reply.stream is None:
             raise _http_error(reply)
