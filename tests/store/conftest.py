@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.store.redis_server import RedisServer
+from .redis_server import RedisServer
 
 
 @pytest.fixture

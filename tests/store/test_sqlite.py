@@ -17,7 +17,7 @@ from babeldesk.config import StoreConfig
 from babeldesk.errors import ConfigError
 from babeldesk.store import Turn, open_session_store
 from babeldesk.store.sqlite import sqlite_path
-from tests.store.redis_server import release, run_appenders, start_appenders
+from .redis_server import release, run_appenders, start_appenders
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ async def test_kill_9_of_a_writer_loses_no_acknowledged_turn(tmp_path: Path) -> 
                 proc.wait()
         acked = [int(x) for x in out.split()]
         stored = [int(t.text.split("-")[1]) for t in (await store.transcript(sid)).turns]
-        assert len(acked) >= 100
+        assert len(acked) >= 99  # 100 were stored; the last may be killed before it printed
         assert stored[: len(acked)] == acked
         assert len(stored) - len(acked) in (0, 1)  # at most the one committed, not yet printed
     finally:
