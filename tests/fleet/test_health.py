@@ -88,3 +88,25 @@ def test_jitter_stays_in_bounds_and_varies() -> None:
     assert all(27.0 <= d <= 33.0 for d in delays)
     assert len({round(d, 3) for d in delays}) > 150
     assert jittered(30.0, 0.0, rng) == 30.0
+
+
+async def test_a_passing_probe_half_opens_an_open_breaker(server: FaultyServer) -> None:
+    cfg = FleetConfig(upstreams=(UpstreamConfig(server.url),), health_interval_s=0,
+                      breaker_failures=1, breaker_reset_s=600, breaker_max_reset_s=600)
+    fleet = Fleet(cfg)
+    await fleet.start()
+    try:
+        (up,) = fleet.pool.upstreams
+        server.mode = "error500"
+        await fleet.request({"model": "m", "messages": []})
+        assert up.breaker.state.value == "open"
+        server.ready = False
+        await fleet.health.check(up)
+        assert up.breaker.state.value == "open"  # a failing probe changes nothing
+        server.ready, server.mode = True, "ok"
+        await fleet.health.check(up)
+        assert up.breaker.state.value == "half_open"
+        assert (await fleet.request({"model": "m", "messages": []})).status == 200
+        assert up.breaker.state.value == "closed"
+    finally:
+        await fleet.aclose()

@@ -112,6 +112,12 @@ class CircuitBreaker:
             return True
         return state is BreakerState.HALF_OPEN and self._trials_in_flight < self.half_open_trials
 
+    def half_open_now(self) -> None:
+        """An active health check passed: stop waiting out the open time (as Envoy's
+        successful_active_health_check_uneject_host), let a trial call decide."""
+        if self._open:
+            self._open_until = min(self._open_until, self._clock())
+
     # --- calls -----------------------------------------------------------------------------
 
     def acquire(self) -> Permit | None:

@@ -77,6 +77,9 @@ class HealthChecker:
             up.health_passes += 1
             if up.health_passes >= self.cfg.healthy_threshold:
                 up.healthy = True
+                # a restarted worker is back within one probe, however long its breaker
+                # would still stay open after repeated openings
+                up.breaker.half_open_now()
         if up.healthy != was:
             log.warning("fleet: %s is now %s%s", up.name,
                         "healthy" if up.healthy else "unhealthy", f" ({error})" if error else "")
