@@ -299,7 +299,8 @@ def autoscale_simulate(
 @autoscale_app.command("run")
 def autoscale_run(
     metrics_url: list[str] = typer.Option([], "--metrics-url",
-                                          help="A gateway's /metrics URL (repeatable)."),
+                                          help="A worker's (or gateway's) /metrics URL, repeatable; "
+                                               "counts the same requests as the capacity."),
     prometheus: Optional[str] = typer.Option(None, help="Prometheus base URL, instead of --metrics-url."),
     query: Optional[str] = typer.Option(None, help="PromQL returning offered req/s."),
     route: list[str] = typer.Option([], "--route", help="Count only these routes (repeatable)."),

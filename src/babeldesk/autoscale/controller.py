@@ -1,9 +1,13 @@
 """``babeldesk autoscale run``: the scaling policy as a controller loop, for clusters
 without KEDA.
 
-Every ``interval_s`` it reads the offered QPS (from the gateways' ``/metrics`` counters,
-or from a Prometheus query), appends a ``Sample`` and applies ``decide`` to the worker
+Every ``interval_s`` it reads the offered QPS (from ``/metrics`` counters of the workers
+or gateways, or from a Prometheus query), appends a ``Sample`` and applies ``decide`` to the worker
 Deployment's ``scale`` subresource.
+
+QPS and capacity must count the same requests: scrape the workers (model requests; the
+capacity of a worker bench) or the gateways (every support message; then the capacity
+of a bench through a gateway, knowledge-base hits included).
 
 The Kubernetes API is spoken with plain httpx (already a dependency) rather than the
 official ``kubernetes`` client: the controller needs two calls (GET and PATCH of
@@ -141,8 +145,10 @@ class GatewayMetrics:
 class PrometheusQps:
     """QPS from a PromQL query that already returns requests/s."""
 
-    DEFAULT_QUERY = ('sum(rate(babeldesk_requests_total{app="gateway",'
-                     'route!~"/health|/ready|/metrics"}[2m]))')
+    # model requests offered to the workers (answered, queued or refused with 429): the
+    # same unit as the capacity per worker replica
+    DEFAULT_QUERY = ('sum(rate(babeldesk_requests_total{app="worker",'
+                     'route="/v1/chat/completions"}[2m]))')
 
     def __init__(self, base_url: str, query: str, client: httpx.Client) -> None:
         self.base_url = base_url.rstrip("/")
