@@ -31,7 +31,18 @@ def test_capacity_prefers_slo_rate() -> None:
     assert parse_bench_capacity({"summary": {"achieved_rps": 3}}).capacity_rps == 3.0
 
 
+def test_capacity_counts_model_requests_of_a_mixed_bench() -> None:
+    # a bench through a gateway: 75% answered from the knowledge base / cache
+    cap = parse_bench_capacity({"achieved_rps": 40.0, "without_model_share": 0.75})
+    assert cap.capacity_rps == pytest.approx(10.0)
+    cap = parse_bench_capacity({"summary": {"achieved_rps": 40.0, "slo_rps": 20.0,
+                                            "source_shares": {"model": 0.5, "cache": 0.5}}})
+    assert cap.capacity_rps == pytest.approx(10.0)
+
+
 @pytest.mark.parametrize("data,key", [
+    ({"achieved_rps": 5, "without_model_share": 1.0}, "model share"),
+    ({"achieved_rps": 5, "without_model_share": "most"}, "without_model_share"),
     ({}, "achieved_rps"),
     ({"achieved_rps": "fast"}, "achieved_rps"),
     ({"achieved_rps": 0}, "achieved_rps"),
