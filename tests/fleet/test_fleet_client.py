@@ -272,3 +272,14 @@ async def test_stream_not_read_to_the_end_is_settled_by_aclose(servers, make_fle
     await reply.aclose()
     assert up.outstanding == 0 and up.outcomes["cancelled"] == 1
     assert up.breaker.state is BreakerState.CLOSED  # the caller leaving is no failure
+
+
+async def test_raw_bytes_are_forwarded_as_sent(servers, make_fleet) -> None:
+    a, b, c = servers
+    fleet = await make_fleet(config([a]))
+    raw = json.dumps({**CHAT, "stream": True}).encode()
+    reply = await fleet.request(raw=raw, stream=True)
+    text, errors, done = await read_stream(reply)
+    assert text == "a: w0 w1 w2 w3 w4" and done and not errors
+    models = await fleet.request(path="/v1/models", method="GET")
+    assert models.status == 200 and json.loads(models.body or b"")["data"][0]["owned_by"] == "a"

@@ -202,16 +202,20 @@ class Fleet:
         self,
         body: Mapping[str, Any] | None = None,
         *,
+        raw: bytes | None = None,
+        stream: bool | None = None,
         path: str = CHAT_PATH,
         method: str = "POST",
         session_id: str | None = None,
     ) -> UpstreamReply:
         """Send one OpenAI request (raw passthrough) to the best upstream, retrying elsewhere
         before the first byte. ``body["stream"]`` true: the reply streams SSE events.
-        Raises ``Unavailable`` when no upstream could answer."""
+        ``raw``: the JSON bytes as the client sent them (no re-encoding), with ``stream``
+        said explicitly. Raises ``Unavailable`` when no upstream could answer."""
         cfg = self.cfg
-        payload = json.dumps(body).encode() if body is not None else None
-        streaming = bool(body and body.get("stream"))
+        payload = raw if raw is not None else (
+            json.dumps(body).encode() if body is not None else None)
+        streaming = bool(body and body.get("stream")) if stream is None else stream
         deadline = self._clock() + cfg.retry_deadline_s  # seconds, monotonic
         self.budget.on_request()
         tried: set[str] = set()
