@@ -19,6 +19,7 @@ from babeldesk.store import (
     open_answer_cache,
     open_session_store,
 )
+
 from .redis_server import RedisServer, release, run_appenders, start_appenders
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@ from babeldesk.config import StoreConfig
 from babeldesk.errors import ConfigError
 from babeldesk.store import Turn, open_session_store
 from babeldesk.store.sqlite import sqlite_path
+
 from .redis_server import release, run_appenders, start_appenders
 
 pytestmark = pytest.mark.slow

@@ -20,51 +20,48 @@ from babeldesk.store.base import CacheKey, CacheKind
 # Unicode categories dropped: punctuation, other symbols (emoji), modifier symbols,
 # format characters (zero-width joiners, bidi marks), control characters.
 _DROP = frozenset({"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "So", "Sk", "Cf", "Cc"})
-_APOSTROPHES = frozenset("'’ʼ`´")
-# Scripts written without spaces between words (code point ranges).
+_INNER_APOSTROPHE = re.compile(r"(?<=\w)['’ʼ`´](?=\w)")
+# Scripts written without spaces between words, as a regex character class.
 _NO_SPACE = (
-    (0x0E00, 0x0EFF),  # Thai, Lao
-    (0x1000, 0x109F),  # Myanmar
-    (0x1780, 0x17FF),  # Khmer
-    (0x2E80, 0x2FDF),  # CJK radicals
-    (0x3040, 0x30FF),  # Hiragana, Katakana
-    (0x3100, 0x312F),  # Bopomofo
-    (0x31F0, 0x31FF),  # Katakana extensions
-    (0x3400, 0x4DBF),  # CJK extension A
-    (0x4E00, 0x9FFF),  # CJK unified ideographs
-    (0xF900, 0xFAFF),  # CJK compatibility ideographs
-    (0x20000, 0x3134F),  # CJK extensions B..G
+    "\u0e00-\u0eff"  # Thai, Lao
+    "\u1000-\u109f"  # Myanmar
+    "\u1780-\u17ff"  # Khmer
+    "\u2e80-\u2fdf"  # CJK radicals
+    "\u3040-\u30ff"  # Hiragana, Katakana
+    "\u3100-\u312f"  # Bopomofo
+    "\u31f0-\u31ff"  # Katakana extensions
+    "\u3400-\u4dbf"  # CJK extension A
+    "\u4e00-\u9fff"  # CJK unified ideographs
+    "\uf900-\ufaff"  # CJK compatibility ideographs
+    "\U00020000-\U0003134f"  # CJK extensions B..G
 )
+_SPACE_NEXT_TO_NO_SPACE = re.compile(f" (?=[{_NO_SPACE}])|(?<=[{_NO_SPACE}]) ")
 _SPACES = re.compile(r"\s+")
 # text hashes in keys: 128 bits, so a collision is never the reason for a wrong answer
 _HASH_HEX = 32
 
 
-def _no_space_script(ch: str) -> bool:
-    cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in _NO_SPACE)
+class _DropTable(dict[int, str]):
+    """``str.translate`` table: dropped categories -> space, others -> themselves; filled
+    lazily, one ``unicodedata.category`` call per distinct code point (a pure function's
+    memo, bounded by the code points seen)."""
+
+    def __missing__(self, cp: int) -> str:
+        ch = chr(cp)
+        value = " " if unicodedata.category(ch) in _DROP else ch
+        self[cp] = value
+        return value
+
+
+_TABLE = _DropTable()
 
 
 def normalise_text(text: str) -> str:
     """The form of a customer message that model-answer keys are built from."""
     text = unicodedata.normalize("NFKC", text).casefold()
-    out: list[str] = []
-    for i, ch in enumerate(text):
-        if ch in _APOSTROPHES:
-            inside = 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
-            out.append("" if inside else " ")
-        elif unicodedata.category(ch) in _DROP:
-            out.append(" ")
-        else:
-            out.append(ch)
-    words = _SPACES.sub(" ", "".join(out)).strip()
-    # drop a space when a neighbour belongs to a script written without spaces
-    kept: list[str] = []
-    for i, ch in enumerate(words):
-        if ch == " " and (_no_space_script(words[i - 1]) or _no_space_script(words[i + 1])):
-            continue
-        kept.append(ch)
-    return "".join(kept)
+    text = _INNER_APOSTROPHE.sub("", text).translate(_TABLE)
+    text = _SPACES.sub(" ", text).strip()
+    return _SPACE_NEXT_TO_NO_SPACE.sub("", text)
 
 
 def _part(value: str, name: str) -> str:
