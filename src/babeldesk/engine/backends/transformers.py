@@ -39,7 +39,9 @@ from babeldesk.types import ChatMessage
 
 log = logging.getLogger(__name__)
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, kv_heads, len, head_dim]
+# per layer: key and value buffers [rows, kv_heads, capacity, head_dim]; the columns in use
+# are counted beside them (the mask width, or the slot's length); later columns are junk
+KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 # Used only when a tokenizer ships no chat template (base models).
 CHATML_TEMPLATE = (
@@ -134,6 +136,48 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+HEADROOM = 64  # spare KV columns allocated past the used ones: a copy every 64 steps, not every step
+
+
+class _GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` over buffers with spare columns. ``DynamicLayer.update``
+    concatenates, copying the whole layer every step; this one writes the new columns in
+    place past the used ones (never into them), so a failed step leaves the committed
+    columns intact, and grows the buffer (one copy) only when it is full.
+    Buffers: [rows, kv_heads, capacity, head_dim]; ``keys``/``values`` view [:, :, :used]."""
+
+    def bind(self, kbuf: torch.Tensor, vbuf: torch.Tensor, used: int) -> None:
+        self.kbuf, self.vbuf, self.used = kbuf, vbuf, used
+        self.dtype, self.device = kbuf.dtype, kbuf.device
+        self.is_initialized = True
+        self.keys, self.values = kbuf[:, :, :used], vbuf[:, :, :used]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        rows, heads, _, dim = key_states.shape
+        self.bind(key_states.new_empty((rows, heads, 0, dim)),
+                  value_states.new_empty((rows, heads, 0, dim)), 0)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        need = self.used + key_states.shape[2]
+        if need > self.kbuf.shape[2]:
+            self.kbuf = _with_capacity(self.kbuf, self.used, need + HEADROOM)
+            self.vbuf = _with_capacity(self.vbuf, self.used, need + HEADROOM)
+        self.kbuf[:, :, self.used:need] = key_states
+        self.vbuf[:, :, self.used:need] = value_states
+        self.bind(self.kbuf, self.vbuf, need)
+        return self.keys, self.values
+
+
+def _with_capacity(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
+    """A new buffer of ``capacity`` columns holding ``buf[:, :, :used]``."""
+    out = buf.new_empty((buf.shape[0], buf.shape[1], capacity, buf.shape[3]))
+    out[:, :, :used] = buf[:, :, :used]
+    return out
+
+
 class HFTokenDecoder(TokenDecoder):
     """vLLM/TGI-style incremental detokenizer over ``tokenizer.decode``.
 
@@ -221,7 +265,7 @@ class TransformersBackend(Backend):
                  config.quantization.value, self._weights / 2**20, self._kv_bytes)
         # running batch: row i holds slot _rows[i] (-1: released, dropped next step)
         self._rows: list[int] = []
-        self._kv: KV = []  # [rows, kv_heads, columns, head_dim] per layer, left-padded
+        self._kv: KV = []  # left-padded; columns in use: self._mask.shape[1]
         self._mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)  # [rows, columns]
         self._partial: dict[int, KV] = {}  # joiners mid-prefill, batch 1, no padding
         self._lens: dict[int, int] = {}  # slot -> tokens cached (running and partial)
@@ -319,7 +363,7 @@ class TransformersBackend(Backend):
                                        f"{c.start_pos}, cache holds {self._lens.get(c.slot, 0)}")
 
     def _check_memory_cap(self, batch: StepInput) -> None:
-        """CPU cap: weights + the padded KV after the step (+ one layer's concat copy)
+        """CPU cap: weights + the padded KV after the step (+ spare columns)
         + activations (hidden states, attention scores, last-token logits)."""
         if not self.config.memory_cap_mb:
             return
@@ -329,7 +373,7 @@ class TransformersBackend(Backend):
             cols = max(cols, c.start_pos + len(c.tokens))
         partial = sum(self._lens.get(c.slot, 0) + len(c.tokens) for c in batch.prefill)
         kv = (rows * cols + partial) * self._kv_bytes
-        kv += kv // max(len(self._kv), 1)  # the layer being concatenated exists twice
+        kv += rows * HEADROOM * self._kv_bytes  # spare columns
         heads = self._text_config.num_attention_heads
         scores = sum(heads * len(c.tokens) * (c.start_pos + len(c.tokens)) for c in batch.prefill)
         scores += heads * len(batch.decode) * cols
@@ -340,23 +384,23 @@ class TransformersBackend(Backend):
             raise OutOfMemory(f"step needs ~{need / 2**20:.0f} MiB, over engine.memory_cap_mb="
                               f"{self.config.memory_cap_mb}")
 
-    def _shadow(self, kv: KV) -> DynamicCache:
-        """A cache object over existing tensors; the forward pass appends to copies."""
+    def _shadow(self, kv: KV, used: int) -> DynamicCache:
+        """A cache object over the committed buffers; the forward pass writes only past
+        ``used`` (or into new buffers), so the committed state survives a failure."""
         cache = DynamicCache(config=self.model.config)
-        if kv:
-            for layer, (k, v) in zip(cache.layers, kv):
-                layer.lazy_initialization(k, v)
-                layer.keys, layer.values = k, v
+        cache.layers = [_GrowingLayer() for _ in cache.layers]
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.bind(k, v, used)
         return cache
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
-                 kv: KV) -> tuple[torch.Tensor, KV]:
-        """ids, pos: [rows, n]; mask: [rows, cached + n] or None (no padding).
-        Returns the last position's logits [rows, vocab] and the grown cache."""
-        cache = self._shadow(kv)
+                 kv: KV, used: int) -> tuple[torch.Tensor, KV]:
+        """ids, pos: [rows, n]; mask: [rows, used + n] or None (no padding).
+        Returns the last position's logits [rows, vocab] and the buffers, now used + n."""
+        cache = self._shadow(kv, used)
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :], [(layer.keys, layer.values) for layer in cache.layers]
+        return out.logits[:, -1, :], [(layer.kbuf, layer.vbuf) for layer in cache.layers]
 
     def _decode(self, batch: StepInput) -> tuple[dict[int, torch.Tensor], tuple[KV, torch.Tensor]]:
         """One token for each decode item. Returns per-slot logits and the running batch's
@@ -369,37 +413,41 @@ class TransformersBackend(Backend):
         dev = self.device
         ids = torch.tensor([[d.token] for d in items], device=dev)
         pos = torch.tensor([[d.pos] for d in items], device=dev)
-        every_row = len(idx) == len(self._rows)
-        if every_row:
-            kv, mask = self._kv, self._mask
-        else:  # a subset (the scheduler split the batch): run it on a trimmed copy
-            sel = torch.tensor(idx, device=dev)
-            mask = self._mask[sel]
-            lead = int(mask.any(dim=0).to(torch.int8).argmax()) if mask.numel() else 0
-            mask = mask[:, lead:]
-            kv = [(k[sel, :, lead:], v[sel, :, lead:]) for k, v in self._kv]
+        used = self._mask.shape[1]
         ones = torch.ones((len(idx), 1), dtype=torch.bool, device=dev)
-        logits, grown = self._forward(ids, pos, torch.cat([mask, ones], dim=1), kv)
-        if every_row:
-            new_kv, new_mask = grown, torch.cat([self._mask, ones], dim=1)
-        else:
-            new_kv = []
-            for (k, v), (gk, gv) in zip(self._kv, grown):
-                col_k = k.new_zeros((k.shape[0], k.shape[1], 1, k.shape[3]))
-                col_v = torch.zeros_like(col_k)
-                col_k[sel] = gk[:, :, -1:]
-                col_v[sel] = gv[:, :, -1:]
-                new_kv.append((torch.cat([k, col_k], dim=2), torch.cat([v, col_v], dim=2)))
-            col = torch.zeros((len(self._rows), 1), dtype=torch.bool, device=dev)
-            col[sel] = True
-            new_mask = torch.cat([self._mask, col], dim=1)
+        if len(idx) == len(self._rows):
+            logits, new_kv = self._forward(ids, pos, torch.cat([self._mask, ones], dim=1),
+                                           self._kv, used)
+            return ({d.slot: logits[i] for i, d in enumerate(items)},
+                    (new_kv, torch.cat([self._mask, ones], dim=1)))
+        # a subset (the scheduler split the batch): run it on a trimmed copy, then write
+        # its new column into the batch; the other rows get a zero, masked-out column
+        sel = torch.tensor(idx, device=dev)
+        mask = self._mask[sel]
+        lead = int(mask.any(dim=0).to(torch.int8).argmax())
+        sub_kv = [(k[sel, :, lead:used], v[sel, :, lead:used]) for k, v in self._kv]
+        logits, grown = self._forward(ids, pos, torch.cat([mask[:, lead:], ones], dim=1),
+                                      sub_kv, used - lead)
+        new_kv = []
+        for (k, v), (gk, gv) in zip(self._kv, grown):
+            if k.shape[2] <= used:
+                k, v = _with_capacity(k, used, used + HEADROOM), _with_capacity(v, used, used + HEADROOM)
+            k[:, :, used].zero_()
+            v[:, :, used].zero_()
+            k[sel, :, used] = gk[:, :, used - lead]
+            v[sel, :, used] = gv[:, :, used - lead]
+            new_kv.append((k, v))
+        col = torch.zeros((len(self._rows), 1), dtype=torch.bool, device=dev)
+        col[sel] = True
+        new_mask = torch.cat([self._mask, col], dim=1)
         return {d.slot: logits[i] for i, d in enumerate(items)}, (new_kv, new_mask)
 
     def _prefill(self, chunk: PrefillChunk) -> tuple[torch.Tensor, _Pending]:
         n = len(chunk.tokens)
         ids = torch.tensor([list(chunk.tokens)], device=self.device)
         pos = torch.arange(chunk.start_pos, chunk.start_pos + n, device=self.device)[None]
-        logits, kv = self._forward(ids, pos, None, self._partial.get(chunk.slot, []))
+        logits, kv = self._forward(ids, pos, None, self._partial.get(chunk.slot, []),
+                                   chunk.start_pos)
         return logits[0], _Pending(chunk.slot, kv, chunk.start_pos + n, chunk.last)
 
     def _join(self, decoded: tuple[KV, torch.Tensor],
@@ -408,18 +456,27 @@ class TransformersBackend(Backend):
         kv, mask = decoded
         if not joiners:
             return kv, mask
-        cols = max([mask.shape[1]] + [j.length for j in joiners])
-        parts_mask = [_pad_left(mask, cols, dim=1)] if mask.shape[0] else []
-        parts_mask += [_pad_left(torch.ones((1, j.length), dtype=torch.bool, device=self.device),
-                                 cols, dim=1) for j in joiners]
+        used, rows = mask.shape[1], mask.shape[0]
+        cols = max([used] + [j.length for j in joiners])
+        new_mask = torch.zeros((rows + len(joiners), cols), dtype=torch.bool, device=self.device)
+        new_mask[:rows, cols - used:] = mask
+        for r, j in enumerate(joiners, start=rows):
+            new_mask[r, cols - j.length:] = True
         new_kv: KV = []
         for layer in range(len(joiners[0].kv)):
-            ks = [_pad_left(kv[layer][0], cols, 2)] if kv else []
-            vs = [_pad_left(kv[layer][1], cols, 2)] if kv else []
-            ks += [_pad_left(j.kv[layer][0], cols, 2) for j in joiners]
-            vs += [_pad_left(j.kv[layer][1], cols, 2) for j in joiners]
-            new_kv.append((torch.cat(ks), torch.cat(vs)))
-        return new_kv, torch.cat(parts_mask)
+            _, heads, _, dim = joiners[0].kv[layer][0].shape
+            # zeros: padding keys and values must be finite (0 * NaN is NaN under the mask)
+            k = joiners[0].kv[layer][0].new_zeros((rows + len(joiners), heads, cols + HEADROOM, dim))
+            v = torch.zeros_like(k)
+            if rows:
+                k[:rows, :, cols - used:cols] = kv[layer][0][:, :, :used]
+                v[:rows, :, cols - used:cols] = kv[layer][1][:, :, :used]
+            for r, j in enumerate(joiners, start=rows):
+                jk, jv = j.kv[layer]
+                k[r, :, cols - j.length:cols] = jk[0, :, :j.length]
+                v[r, :, cols - j.length:cols] = jv[0, :, :j.length]
+            new_kv.append((k, v))
+        return new_kv, new_mask
 
     def _compact(self) -> None:
         """Drop released rows and the leading columns that are padding in every row."""
@@ -432,20 +489,13 @@ class TransformersBackend(Backend):
             return
         sel = torch.tensor(keep, device=self.device)
         mask = self._mask[sel]
+        used = mask.shape[1]
         lead = int(mask.any(dim=0).to(torch.int8).argmax())
+        self._kv = [(_with_capacity(k[sel, :, lead:used], used - lead, used - lead + HEADROOM),
+                     _with_capacity(v[sel, :, lead:used], used - lead, used - lead + HEADROOM))
+                    for k, v in self._kv]
         self._mask = mask[:, lead:]
-        self._kv = [(k[sel, :, lead:], v[sel, :, lead:]) for k, v in self._kv]
 
     def close(self) -> None:
         self._kv, self._partial = [], {}
         self._rows = []
-
-
-def _pad_left(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Zero-pad ``t`` on the left of ``dim`` to ``size``."""
-    missing = size - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
