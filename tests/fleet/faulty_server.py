@@ -49,6 +49,8 @@ class FaultyServer:
         self.ready_hang = False
         self.chat_requests = 0  # /v1/chat/completions requests received
         self.sessions: list[str] = []  # x-session-id of each chat request, "" if none
+        self.chat_in_flight = 0
+        self.max_chat_in_flight = 0  # most chat requests being answered at once
         self.probes = 0  # /ready requests received
         self.probes_in_flight = 0
         self.max_probes_in_flight = 0
@@ -97,6 +99,14 @@ class FaultyServer:
             f"status=\"200\"}} {self.chat_requests}\n")
 
     async def _chat(self, request: Request) -> Response:
+        self.chat_in_flight += 1
+        self.max_chat_in_flight = max(self.max_chat_in_flight, self.chat_in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.chat_in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         body = await request.json()
         self.chat_requests += 1
         self.sessions.append(request.headers.get("x-session-id", ""))

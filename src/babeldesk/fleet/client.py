@@ -80,6 +80,14 @@ class _Failed(Exception):
         self.reply = reply  # a 5xx / 429 answer, returned if no retry does better
 
 
+def _state_of(up: Upstream) -> Callable[[], float]:
+    return lambda: float(up.breaker.state.gauge)
+
+
+def _healthy_of(up: Upstream) -> Callable[[], float]:
+    return lambda: 1.0 if up.healthy else 0.0
+
+
 class Fleet:
     def __init__(
         self,
@@ -170,11 +178,9 @@ class Fleet:
                         g.remove(up.name)
                     except KeyError:
                         pass
-            for up in added:
-                self.metrics.upstream_state.labels(up.name).set_function(
-                    lambda up=up: up.breaker.state.gauge)
-                self.metrics.upstream_healthy.labels(up.name).set_function(
-                    lambda up=up: 1.0 if up.healthy else 0.0)
+            for up in added:  # read at scrape time: always the live state
+                self.metrics.upstream_state.labels(up.name).set_function(_state_of(up))
+                self.metrics.upstream_healthy.labels(up.name).set_function(_healthy_of(up))
 
     # --- live state ------------------------------------------------------------------------
 
