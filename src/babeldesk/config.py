@@ -181,10 +181,12 @@ class FleetConfig:
     breaker_max_reset_s: float = 300.0  # cap of the doubling open time
     breaker_half_open_trials: int = 1  # concurrent trial calls while half-open
     connect_timeout_s: float = 2.0
-    first_byte_timeout_s: float = 30.0  # request sent -> headers + first SSE event
+    # request sent -> headers + first SSE event; a non-streamed answer's headers come
+    # only when it is generated, so this must exceed the longest generation
+    first_byte_timeout_s: float = 60.0
     read_timeout_s: float = 60.0  # longest gap between two chunks of an answer
     retry_attempts: int = 3  # tries per request, the first included
-    retry_deadline_s: float = 60.0  # total seconds to get a first byte, all tries
+    retry_deadline_s: float = 120.0  # total seconds to get a first byte, all tries
     retry_budget_ratio: float = 0.2  # retries <= this share of requests (10 s window)
     retry_budget_min: int = 3  # retries always allowed per 10 s window
     max_connections: int = 256  # per fleet client, all upstreams together
