@@ -21,8 +21,8 @@ DESIGN_INTENTS = {
     "reset_password", "update_account_email", "delete_account", "cancel_subscription",
     "warranty", "opening_hours", "contact_human",
 }  # fmt: skip
-ANSWER_LANGS = "en zh es fr de pt it ja ko ar ru hi".split()
-EXTRA_EXAMPLE_LANGS = "he vi sv el ro cs nl pl tr id th uk".split()
+ANSWER_LANGS = ["en", "zh", "es", "fr", "de", "pt", "it", "ja", "ko", "ar", "ru", "hi"]
+EXTRA_EXAMPLE_LANGS = ["he", "vi", "sv", "el", "ro", "cs", "nl", "pl", "tr", "id", "th", "uk"]
 
 
 # ---- the bundled demo shop -------------------------------------------------------------

