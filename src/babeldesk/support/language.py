@@ -5,7 +5,7 @@ offline; its default "auto" mode tries to download the large model and fails off
 ``wuu`` and ``yue`` are reported as ``zh``: the shop answers them in written Chinese.
 A script only one language uses overrides the model (kana -> ja, Han alone -> zh, Hangul
 -> ko, Thai, Hebrew, Greek): the lite model lacks n-grams for many Han characters and
-labels short Chinese questions "tr" or "en" (measured: zh 94% -> 100% on the demo KB).
+labels short Chinese questions "tr" or "en" (measured: zh 91% -> 100% on the demo KB).
 
 The lock is a small pure state machine (``LanguageLock.step``), no I/O, no clock:
 
