@@ -186,6 +186,89 @@ def worker(
     raise typer.Exit(run_worker(cfg))
 
 
+# --- serve / gateway (issue 3: the support assistant) ----------------------------------------
+
+
+def _support_config(config: Optional[Path], engine: dict[str, object], gateway: dict[str, object],
+                    store: dict[str, object], support: dict[str, object],
+                    fleet: dict[str, object] | None = None) -> object:
+    from babeldesk.config import load_config
+    from babeldesk.errors import BabeldeskError
+
+    overrides = {"engine": _engine_overrides(**engine), "gateway": _engine_overrides(**gateway),
+                 "store": _engine_overrides(**store), "support": _engine_overrides(**support)}
+    if fleet:
+        overrides["fleet"] = _engine_overrides(**fleet)
+    try:
+        return load_config(config, overrides=overrides)
+    except BabeldeskError as exc:
+        _fail(exc.message)
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None, help="Default 127.0.0.1."),
+    port: Optional[int] = typer.Option(None, help="Default 8080."),
+    model: Optional[str] = typer.Option(None, help="Default qwen2.5-0.5b (bundled)."),
+    backend: Optional[str] = typer.Option(None, help="llamacpp | transformers"),
+    dtype: Optional[str] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, help="Engine compute threads."),
+    max_batch_size: Optional[int] = typer.Option(None),
+    max_model_len: Optional[int] = typer.Option(None),
+    kb: Optional[str] = typer.Option(None, help="Knowledge-base folder; default: the demo shop."),
+    sessions: Optional[str] = typer.Option(None, help="sqlite:///path.db | redis://host:6379/0 | memory://"),
+    cache: Optional[str] = typer.Option(None, help="memory:// | redis://host:6379/0"),
+    webhook: Optional[str] = typer.Option(None, help="URL that receives handoff events."),
+    verifier: Optional[bool] = typer.Option(None, "--verifier/--no-verifier",
+                                            help="Let the model decide unsure intent matches."),
+    max_message_chars: Optional[int] = typer.Option(None),
+    api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' on /v1/*."),
+) -> None:
+    """The support assistant in one process: chat page, support API, OpenAI API, engine."""
+    cfg = _support_config(
+        config,
+        engine=dict(model=model, backend=backend, dtype=dtype, threads=threads,
+                    max_batch_size=max_batch_size, max_model_len=max_model_len),
+        gateway=dict(host=host, port=port, max_message_chars=max_message_chars, api_key=api_key),
+        store=dict(sessions_url=sessions, cache_url=cache),
+        support=dict(kb=kb, handoff_webhook=webhook, verifier=verifier))
+    from babeldesk.gateway.server import run_serve
+
+    raise typer.Exit(run_serve(cfg))  # type: ignore[arg-type]
+
+
+@app.command()
+def gateway(
+    config: Optional[Path] = ConfigOpt,
+    upstream: Optional[list[str]] = typer.Option(None, "--upstream", "-u",
+                                                 help="Worker base URL (repeatable)."),
+    upstream_model: str = typer.Option("qwen2.5-0.5b", help="The workers' served model name."),
+    policy: Optional[str] = typer.Option(None, help="session_affinity | least_outstanding | "
+                                         "weighted_round_robin"),
+    host: Optional[str] = typer.Option(None),
+    port: Optional[int] = typer.Option(None),
+    kb: Optional[str] = typer.Option(None),
+    sessions: Optional[str] = typer.Option(None),
+    cache: Optional[str] = typer.Option(None),
+    webhook: Optional[str] = typer.Option(None),
+    verifier: Optional[bool] = typer.Option(None, "--verifier/--no-verifier"),
+    health_interval_s: Optional[float] = typer.Option(None),
+    api_key: Optional[str] = typer.Option(None),
+) -> None:
+    """The support assistant in front of OpenAI-compatible workers."""
+    cfg = _support_config(
+        config, engine={},
+        gateway=dict(host=host, port=port, api_key=api_key),
+        store=dict(sessions_url=sessions, cache_url=cache),
+        support=dict(kb=kb, handoff_webhook=webhook, verifier=verifier),
+        fleet=dict(upstreams=list(upstream) if upstream else None, policy=policy,
+                   health_interval_s=health_interval_s))
+    from babeldesk.gateway.server import run_gateway
+
+    raise typer.Exit(run_gateway(cfg, upstream_model))  # type: ignore[arg-type]
+
+
 # --- autoscale + deploy kubernetes (issue 6: policy, simulator, controller, manifests) --------
 
 import typing  # noqa: E402

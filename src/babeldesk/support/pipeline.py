@@ -41,7 +41,8 @@ from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams
 log = logging.getLogger(__name__)
 
 HUMAN_INTENT = "contact_human"
-HISTORY_TURNS = 20  # transcript turns read per message (the prompt budget trims further)
+HISTORY_TURNS = 20
+FALLBACK_HANDOFF = "A colleague from our team will take over this conversation shortly."  # transcript turns read per message (the prompt budget trims further)
 
 
 class Source(str, enum.Enum):
@@ -203,9 +204,9 @@ class SupportPipeline:
             return None
 
     async def _cache_set(self, key: CacheKey, value: str) -> None:
-        result = await self.cache.set(key, value)
-        if result is LookupResult.ERROR:
-            self.metrics.cache_lookups_total.labels(key.kind.value, "error").inc()
+        if not await self.cache.set(key, value):  # backend unreachable: skipped, counted
+            self.metrics.cache_lookups_total.labels(key.kind.value,
+                                                    LookupResult.ERROR.value).inc()
 
     async def _decide(self, session_id: str, transcript: Transcript, text: str, lang: str,
                       match: Match) -> _Outcome | None:
@@ -244,11 +245,12 @@ class SupportPipeline:
         await self._cache_set(key, text)
         return text, Source.KNOWLEDGE_BASE, True
 
-    async def _complete(self, messages: list[ChatMessage]) -> str:
+    async def _complete(self, messages: list[ChatMessage], session_id: str | None = None) -> str:
         assert self.model is not None
         params = SamplingParams(max_tokens=self.config.reply_max_tokens,
                                 temperature=self.config.temperature)
-        parts = [d.text async for d in self.model.stream_chat(ChatRequest(messages, params))]
+        request = ChatRequest(messages, params, session_id=session_id)
+        parts = [d.text async for d in self.model.stream_chat(request)]
         return "".join(parts).strip()
 
     async def _model_answer(self, transcript: Transcript, text: str, lang: str,
@@ -271,7 +273,8 @@ class SupportPipeline:
         parts: list[str] = []
         held = ""  # text held back while it may still become NO_ANSWER
         try:
-            async for delta in self.model.stream_chat(ChatRequest(messages, params)):
+            request = ChatRequest(messages, params, session_id=transcript.session_id)
+            async for delta in self.model.stream_chat(request):
                 parts.append(delta.text)
                 if held is not None:
                     held += delta.text
@@ -301,8 +304,10 @@ class SupportPipeline:
 
     async def _handoff(self, lang: str, reason: HandoffReason, intent: str | None,
                        confidence: float) -> _Outcome:
-        reply, _, translated = await self._kb_answer(HUMAN_INTENT, lang) \
-            if HUMAN_INTENT in self.kb.intents else ("", Source.HANDOFF, False)
+        if HUMAN_INTENT in self.kb.intents:
+            reply, _, translated = await self._kb_answer(HUMAN_INTENT, lang)
+        else:  # a shop KB without a contact_human entry
+            reply, translated = FALLBACK_HANDOFF, False
         return _Outcome(reply, Source.HANDOFF, intent, confidence, reason, translated,
                         cacheable=False)
 

@@ -1,0 +1,1 @@
+"""Customer-facing HTTP app: support API, OpenAI passthrough, chat page."""

@@ -1,0 +1,188 @@
+"""The gateway's FastAPI app: the support API, the OpenAI-compatible API (in-process engine
+in ``serve``, the fleet in ``gateway``), the chat page, health, readiness and metrics.
+
+Everything heavy (model, matcher, stores) is built by ``gateway.server`` in the background;
+until it is, ``/ready`` is 503 and the API answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from importlib import resources
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from babeldesk.config import Config
+from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthorized, Unavailable
+from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
+from babeldesk.telemetry.http import MetricsMiddleware
+from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
+from babeldesk.web import decode_json_body, install_error_handlers, read_body
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class Phase(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class GatewayState:
+    """What the app serves; filled in by the loader thread."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.phase = Phase.LOADING
+        self.error: str | None = None
+        self.pipeline: SupportPipeline | None = None
+        self.ready_check: Callable[[], bool] = lambda: True  # e.g. the fleet has a worker
+        self.admin: Callable[[], dict[str, Any]] | None = None  # GET /v1/admin/upstreams
+
+    def require(self) -> SupportPipeline:
+        if self.phase == Phase.DRAINING:
+            raise Unavailable("gateway is draining", retry_after=1)
+        if self.pipeline is None or self.phase != Phase.READY:
+            raise Unavailable(f"gateway is {self.phase.value}", retry_after=5)
+        return self.pipeline
+
+
+class SupportBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: Any = None
+    session_id: str | None = Field(None)
+    language: str | None = None
+    stream: bool = False
+
+
+def parse_support_body(data: Any) -> tuple[SupportRequest, bool]:
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        body = SupportBody.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ())) or "body"
+        raise InvalidRequest(f"{loc}: {first.get('msg', 'invalid value')}", param=loc) from exc
+    if body.message is None:
+        raise InvalidRequest("message is required", param="message")
+    if body.session_id is not None and not SESSION_ID.match(body.session_id):
+        raise InvalidRequest("session_id: 1-128 characters of A-Z a-z 0-9 _ . : -",
+                             param="session_id")
+    return SupportRequest(body.message, body.session_id, body.language), body.stream
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def support_events(stream: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """Pipeline events -> SSE: ``delta`` events with text, then ``done`` with the reply."""
+    try:
+        async for item in stream:
+            if isinstance(item, SupportReply):
+                yield _sse("done", item.to_dict())
+            elif item:
+                yield _sse("delta", {"text": item})
+    except BabeldeskError as exc:
+        yield _sse("error", exc.to_dict()["error"])  # type: ignore[arg-type]
+
+
+def create_app(state: GatewayState) -> FastAPI:
+    cfg = state.config.gateway
+    app = FastAPI(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.state.gateway = state
+    page = resources.files("babeldesk.gateway").joinpath("static", "index.html").read_text("utf-8")
+
+    if cfg.api_key:
+        @app.middleware("http")
+        async def _auth(request: Request, call_next: Any) -> Response:
+            if request.url.path.startswith("/v1/"):
+                got = request.headers.get("authorization", "")
+                if got != f"Bearer {cfg.api_key}":
+                    err = Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
+                    return JSONResponse(err.to_dict(), status_code=401)
+            return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "phase": state.phase.value}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        ok = state.phase == Phase.READY and state.ready_check()
+        body: dict[str, Any] = {"status": state.phase.value if not ok or state.phase != Phase.READY
+                                else "ready"}
+        if state.phase == Phase.READY and not ok:
+            body["status"] = "no healthy upstream"
+        if state.error:
+            body["error"] = state.error
+        return JSONResponse(body, status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": "5"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/support/messages")
+    async def support_message(request: Request) -> Any:
+        pipeline = state.require()
+        data = decode_json_body(await read_body(request, cfg.max_body_bytes), cfg.max_body_bytes)
+        req, stream = parse_support_body(data)
+        if stream:
+            events = pipeline.stream(req)
+            first = await events.__anext__()  # validation errors become 4xx, not a broken stream
+
+            async def chained() -> AsyncIterator[Any]:
+                yield first
+                async for item in events:
+                    yield item
+
+            return StreamingResponse(support_events(chained()), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+        return (await pipeline.handle(req)).to_dict()
+
+    @app.get("/v1/support/sessions/{session_id}")
+    async def get_session(session_id: str) -> dict[str, Any]:
+        pipeline = state.require()
+        if not SESSION_ID.match(session_id):
+            raise NotFound(f"no session {session_id!r}")
+        t = await pipeline.sessions.transcript(session_id)
+        locked = (t.language or "").partition(">")[0] or None
+        return {
+            "session_id": t.session_id, "created_at": t.created_at, "language": locked,
+            "handoff": {"reason": t.handoff_reason} if t.handoff_reason else None,
+            "turns": [{"time": x.time, "role": x.role, "text": x.text, "language": x.language,
+                       "source": x.source, "intent": x.intent, "confidence": x.confidence}
+                      for x in t.turns],
+        }
+
+    @app.delete("/v1/support/sessions/{session_id}")
+    async def delete_session(session_id: str) -> Response:
+        pipeline = state.require()
+        if not SESSION_ID.match(session_id):
+            raise NotFound(f"no session {session_id!r}")
+        await pipeline.sessions.delete(session_id)
+        return Response(status_code=204)
+
+    @app.get("/v1/admin/upstreams")
+    async def admin_upstreams() -> dict[str, Any]:
+        if state.admin is None:
+            raise NotFound("this gateway has no upstream pool (embedded engine)")
+        return state.admin()
+
+    return app

@@ -1,0 +1,199 @@
+"""``babeldesk serve`` (embedded: gateway + in-process engine, sqlite sessions, memory
+cache, the bundled model and demo shop) and ``babeldesk gateway`` (the same app in front
+of a fleet of OpenAI-compatible workers). Both bind first, build the heavy parts in the
+background (``/ready`` 503 until done), and drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+
+from babeldesk.config import Config
+from babeldesk.store import open_answer_cache, open_session_store
+from babeldesk.store.redact import Redactor
+from babeldesk.support.handoff import WebhookNotifier
+from babeldesk.support.kb import load_kb
+from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.support.pipeline import SupportPipeline
+from babeldesk.telemetry.metrics import Metrics
+from babeldesk.types import ChatModel
+from babeldesk.web import DrainingServer, decode_json_body, read_body
+from babeldesk.gateway.app import GatewayState, Phase, create_app
+
+log = logging.getLogger("babeldesk.gateway")
+
+
+def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) -> SupportPipeline:
+    """KB, matcher, stores and webhook from config; ``model`` is the engine or the fleet."""
+    sup, store = config.support, config.store
+    kb = load_kb(Path(sup.kb) if sup.kb else None)
+    matcher = IntentMatcher.from_kb(kb, MatcherConfig(threads=sup.matcher_threads))
+    notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
+                if sup.handoff_webhook else None)
+    redactor = Redactor(store.redact_phone_regions) if store.redact else None
+    return SupportPipeline(
+        kb=kb, matcher=matcher, sessions=open_session_store(store),
+        cache=open_answer_cache(store), model=model, config=sup, metrics=metrics,
+        max_message_chars=config.gateway.max_message_chars, notifier=notifier,
+        redact=redactor.redact if redactor else None)
+
+
+def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any = None) -> int:
+    gw = config.gateway
+    metrics = state.metrics
+
+    def on_drain() -> None:
+        state.phase = Phase.DRAINING
+
+    def busy() -> int:
+        n = int(metrics.requests_in_flight.labels(metrics.app)._value.get())
+        return n + (busy_extra() if busy_extra else 0)
+
+    ucfg = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning",
+                          timeout_graceful_shutdown=max(1, int(gw.drain_grace_s)),
+                          timeout_keep_alive=5)
+    DrainingServer(ucfg, grace_s=gw.drain_grace_s, on_drain=on_drain, busy=busy).run()
+    return 0
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def run_serve(config: Config) -> int:
+    """Gateway + in-process engine in one process."""
+    from babeldesk.engine.loader import load_engine
+    from babeldesk.engine.openai_api import openai_router
+
+    _logging()
+    metrics = Metrics("gateway")
+    state = GatewayState(config, metrics)
+    app = create_app(state)
+    holder: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            engine = load_engine(config.engine, metrics)
+            engine.start()
+            holder["engine"] = engine
+            state.pipeline = build_pipeline(config, metrics, engine)
+            app.include_router(openai_router(
+                _Guarded(state, engine), max_body_bytes=config.gateway.max_body_bytes,
+                served_names={engine.model_name, config.engine.model}))
+            state.phase = Phase.READY
+            log.info("ready on http://%s:%d (model %s, %s)", config.gateway.host,
+                     config.gateway.port, engine.model_name, engine.backend.name)
+        except Exception as exc:
+            log.exception("start-up failed")
+            state.error = str(exc)
+            state.phase = Phase.FAILED
+
+    @app.on_event("startup")
+    async def _start() -> None:
+        threading.Thread(target=load, name="load", daemon=True).start()
+
+    def engine_busy() -> int:
+        e = holder.get("engine")
+        return 0 if e is None else e.num_running + e.num_waiting
+
+    code = _serve(app, state, config, busy_extra=engine_busy)
+    if "engine" in holder:
+        holder["engine"].shutdown()
+    return code
+
+
+class _Guarded:
+    """The engine as the OpenAI router sees it: refuses new work unless ready."""
+
+    def __init__(self, state: GatewayState, engine: Any) -> None:
+        self._state, self._engine = state, engine
+        self.model_name = engine.model_name
+
+    def encode(self, messages: Any) -> list[int]:
+        self._state.require()
+        return self._engine.encode(messages)
+
+    def submit(self, prompt_ids: list[int], request: Any) -> Any:
+        self._state.require()
+        return self._engine.submit(prompt_ids, request)
+
+
+def run_gateway(config: Config, upstream_model: str) -> int:
+    """Gateway in front of OpenAI-compatible workers (``fleet.upstreams``)."""
+    from babeldesk.fleet import Fleet, FleetChatModel
+
+    _logging()
+    metrics = Metrics("gateway")
+    state = GatewayState(config, metrics)
+    app = create_app(state)
+    fleet = Fleet(config.fleet, metrics=metrics)
+    state.ready_check = lambda: fleet.ready
+    state.admin = fleet.admin_snapshot
+    header = config.fleet.session_header
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        state.require()
+        limit = config.gateway.max_body_bytes
+        body = decode_json_body(await read_body(request, limit), limit)
+        if not isinstance(body, dict):
+            from babeldesk.errors import InvalidRequest
+
+            raise InvalidRequest("request body must be a JSON object")
+        reply = await fleet.request(body, session_id=request.headers.get(header))
+        return _relay(reply)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        state.require()
+        return _relay(await fleet.request(None, path="/v1/models", method="GET"))
+
+    def load() -> None:
+        try:
+            state.pipeline = build_pipeline(config, metrics, FleetChatModel(fleet, upstream_model))
+            state.phase = Phase.READY
+            log.info("ready on http://%s:%d with %d upstream(s)", config.gateway.host,
+                     config.gateway.port, len(config.fleet.upstreams))
+        except Exception as exc:
+            log.exception("start-up failed")
+            state.error = str(exc)
+            state.phase = Phase.FAILED
+
+    @app.on_event("startup")
+    async def _start() -> None:
+        await fleet.start()
+        threading.Thread(target=load, name="load", daemon=True).start()
+
+    @app.on_event("shutdown")
+    async def _stop() -> None:
+        await fleet.aclose()
+
+    return _serve(app, state, config)
+
+
+def _relay(reply: Any) -> Response:
+    headers = {k: v for k, v in (reply.headers or {}).items() if k.lower() == "retry-after"}
+    headers["x-babeldesk-upstream"] = reply.upstream
+    if reply.stream is not None:
+        async def body() -> Any:
+            try:
+                async for chunk in reply.stream:
+                    yield chunk
+            finally:
+                await reply.aclose()
+
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(body(), status_code=reply.status, media_type="text/event-stream",
+                                 headers=headers)
+    return Response(reply.body or b"", status_code=reply.status, media_type=reply.content_type,
+                    headers=headers)
