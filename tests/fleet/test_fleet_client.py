@@ -269,6 +269,13 @@ async def test_stream_not_read_to_the_end_is_settled_by_aclose(servers, make_fle
     assert up is not None and up.outstanding == 1
     await reply.aclose()
     assert up.outstanding == 0 and up.outcomes["cancelled"] == 1
+    assert a.chat_in_flight == 0 or await _eventually(lambda: a.chat_in_flight == 0)
+    # a stream read halfway, then left
+    reply = await fleet.request({**CHAT, "stream": True})
+    async for _ev in reply.stream:  # type: ignore[union-attr]
+        break
+    await reply.aclose()
+    assert up.outstanding == 0 and up.outcomes["cancelled"] == 2
     assert up.breaker.state is BreakerState.CLOSED  # the caller leaving is no failure
 
 
@@ -281,3 +288,13 @@ async def test_raw_bytes_are_forwarded_as_sent(servers, make_fleet) -> None:
     assert text == "a: w0 w1 w2 w3 w4" and done and not errors
     models = await fleet.request(path="/v1/models", method="GET")
     assert models.status == 200 and json.loads(models.body or b"")["data"][0]["owned_by"] == "a"
+
+
+async def _eventually(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 
@@ -60,14 +60,14 @@ class UpstreamReply:
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     headers: Mapping[str, str] | None = None  # e.g. retry-after
-    _finish: Callable[[], None] | None = None  # settles a stream nobody read to the end
+    _close: Callable[[], Awaitable[None]] | None = None  # settles a stream not read to the end
 
     async def aclose(self) -> None:
         """Stop reading: frees the upstream (always call it, or read the stream to its end)."""
         if self.stream is not None:
             await self.stream.aclose()  # type: ignore[attr-defined]
-        if self._finish is not None:
-            self._finish()
+        if self._close is not None:
+            await self._close()
 
 
 class _Failed(Exception):
@@ -336,9 +336,12 @@ class Fleet:
                     log.warning("fleet: stream from %s broke: %s", up.name, error)
                 self._record(up, outcome, started)
 
+            async def close(resp: httpx.Response = resp) -> None:
+                await resp.aclose()  # idempotent; a relay never started did not run its finally
+                finish("cancelled", "")
+
             relay = self._relay(resp, chunks, splitter, first, finish)
-            return UpstreamReply(status, ctype, up.name, stream=relay,
-                                 _finish=lambda: finish("cancelled", ""))
+            return UpstreamReply(status, ctype, up.name, stream=relay, _close=close)
         except _Failed as exc:
             self._fail(up, permit, exc.outcome, exc.message, started)
             raise
