@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -188,7 +188,7 @@ def test_in_offpeak_uses_local_clock() -> None:
 def test_result_always_within_bounds_and_never_below_need_at_night() -> None:
     rng = random.Random(7)
     cfg = replace(CFG, min_replicas=2, max_replicas=12)
-    start = datetime(2026, 6, 15, tzinfo=timezone.utc).timestamp()
+    start = datetime(2026, 6, 15, tzinfo=UTC).timestamp()
     for _ in range(200):
         now = start + rng.uniform(0, 86400)
         hist: list[Sample] = []

@@ -13,7 +13,11 @@ import pytest
 from babeldesk.autoscale.capacity import load_bench_capacity, parse_bench_capacity
 from babeldesk.autoscale.policy import PolicyConfig, Sample, decide
 from babeldesk.autoscale.profiles import (
-    Profile, Trace, builtin_trace, load_trace_csv, parse_trace_csv,
+    Profile,
+    Trace,
+    builtin_trace,
+    load_trace_csv,
+    parse_trace_csv,
 )
 from babeldesk.autoscale.report import report_table, write_png
 from babeldesk.autoscale.simulate import SimulationConfig, simulate

@@ -63,7 +63,7 @@ def exec_form(args: str) -> list[str]:
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_hadolint_passes(name: str) -> None:
     proc = subprocess.run([hadolint(), "--no-color", "-c", str(DOCKER / ".hadolint.yaml"),
-                           str(DOCKER / name)], capture_output=True, text=True, timeout=60)
+                           str(DOCKER / name)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -71,7 +71,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN cd /src && pip install requests\n")
     proc = subprocess.run([hadolint(), "--no-color", "-c", str(DOCKER / ".hadolint.yaml"),
-                           str(bad)], capture_output=True, text=True, timeout=60)
+                           str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "DL3007" in proc.stdout  # the :latest tag
 
 
@@ -146,7 +146,7 @@ def test_compose_fleet_shape() -> None:
 
 def test_compose_commands_exist_in_the_cli() -> None:
     missing = []
-    for name, s in compose()["services"].items():
+    for s in compose()["services"].values():
         if s.get("image", "").startswith("babeldesk"):
             try:
                 check_babeldesk_args(s["command"])
@@ -178,7 +178,7 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     text = (DOCKER / "prometheus.yml").read_text().replace("/etc/prometheus/rules", str(rules))
     (tmp_path / "prometheus.yml").write_text(text)
     proc = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr
     ours = {j["job_name"] for j in yaml.safe_load(text)["scrape_configs"]}

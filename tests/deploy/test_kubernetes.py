@@ -15,11 +15,16 @@ import yaml
 from typer.testing import CliRunner
 
 from babeldesk.autoscale.manifests import (
-    KubernetesConfig, WorkerAutoscaler, babeldesk_config, render, to_yaml,
+    KubernetesConfig,
+    WorkerAutoscaler,
+    babeldesk_config,
+    render,
+    to_yaml,
 )
 from babeldesk.cli import app
 from babeldesk.config import load_config
 from babeldesk.telemetry.metrics import Metrics
+
 from .deploy_cli_check import MissingCommand, check_babeldesk_args
 
 REPO = Path(__file__).resolve().parents[2]

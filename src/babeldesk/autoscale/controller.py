@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,8 +92,8 @@ def parse_prometheus_vector(payload: Any) -> float:
     data = payload.get("data") or {}
     kind = data.get("resultType")
     result = data.get("result")
-    if kind == "scalar":
-        return float(result[1])
+    if kind == "scalar" and isinstance(result, list):
+        return float(result[1])  # [time, "value"]
     if kind != "vector" or not isinstance(result, list):
         raise InvalidRequest(f"want an instant vector, Prometheus returned {kind!r}")
     values = [float(item["value"][1]) for item in result]
@@ -199,7 +200,7 @@ class KubernetesScaler:
 
     @classmethod
     def in_cluster(cls, namespace: str | None, deployment: str,
-                   timeout_s: float = 10.0) -> "KubernetesScaler":
+                   timeout_s: float = 10.0) -> KubernetesScaler:
         host = os.environ.get("KUBERNETES_SERVICE_HOST")
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:

@@ -177,8 +177,8 @@ def gateway_args(cfg: KubernetesConfig) -> list[str]:
 
 
 def controller_args(cfg: KubernetesConfig) -> list[str]:
-    query = ('sum(rate(babeldesk_requests_total{app="worker",namespace="%s",'
-             'route="/v1/chat/completions"}[2m]))' % cfg.namespace)
+    query = (f'sum(rate(babeldesk_requests_total{{app="worker",namespace="{cfg.namespace}",'
+             'route="/v1/chat/completions"}[2m]))')
     return ["autoscale", "run", "--prometheus", cfg.prometheus_url, "--query", query,
             "--capacity-rps", f"{cfg.capacity_rps:g}", "--namespace", cfg.namespace,
             "--deployment", "babeldesk-worker",

@@ -21,10 +21,11 @@ configured IANA time zone, so daylight-saving jumps move it with the wall clock.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
-from typing import Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babeldesk.errors import ConfigError, InvalidRequest
@@ -144,7 +145,7 @@ def _sustained_above(history: Sequence[Sample], now: float, threshold: float,
         return False  # not enough history yet
     if now - window[-1].at > config.max_sample_gap_s:
         return False  # stale: the metrics source stopped answering
-    for prev, cur in zip(window, window[1:]):
+    for prev, cur in itertools.pairwise(window):
         if cur.at - prev.at > config.max_sample_gap_s:
             return False
     return all(s.qps > threshold for s in window)
@@ -156,7 +157,7 @@ def decide(history: Sequence[Sample], now: float, config: PolicyConfig) -> int:
     Samples after ``now`` are ignored. With no sample at all the answer is the current
     floor, ``min_replicas``. The current replicas are those of the latest sample.
     """
-    if any(b.at < a.at for a, b in zip(history, history[1:])):
+    if any(b.at < a.at for a, b in itertools.pairwise(history)):
         raise InvalidRequest("autoscale history must be sorted by time, oldest first")
     past = [s for s in history if s.at <= now]
     if not past:

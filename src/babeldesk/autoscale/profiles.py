@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ def parse_trace_csv(text: str, *, name: str = "trace", timezone: str = "UTC") ->
         qps.append(q)
     if len(times) < 2:
         raise ConfigError(name, "needs at least two rows")
-    steps = [b - a for a, b in zip(times, times[1:])]
+    steps = [b - a for a, b in itertools.pairwise(times)]
     step = steps[0]
     if step <= 0 or any(abs(s - step) > 1e-6 * max(1.0, step) for s in steps):
         raise ConfigError(name, "rows must be in time order and evenly spaced")

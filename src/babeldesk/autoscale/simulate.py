@@ -14,8 +14,9 @@ giving the baseline extra headroom).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from babeldesk.autoscale.policy import PolicyConfig, Sample, decide
 from babeldesk.autoscale.profiles import Trace
