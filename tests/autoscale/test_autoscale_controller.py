@@ -209,3 +209,55 @@ def test_dry_run_against_a_running_worker_prints_decide(smol_worker: Any) -> Non
         replicas = r["desired"]
     # the traffic was sustained: it scaled up
     assert max(r["desired"] for r in rows) > 1, proc.stdout
+
+
+@pytest.mark.slow
+def test_dry_run_reads_a_real_prometheus(smol_worker: Any, tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus not found: install Debian's prometheus (scripts/install.sh --test)")
+    from tests.deploy.test_prometheus_integration import PrometheusProcess
+
+    from babeldesk.autoscale.controller import PrometheusQps
+
+    url = smol_worker.url
+    query = ('sum(rate(babeldesk_requests_total{app="worker",'
+             'route="/v1/chat/completions"}[10s]))')
+    stop = threading.Event()
+
+    def traffic() -> None:  # bounded: 300 requests or 90 s
+        with httpx.Client(base_url=url, timeout=30) as c:
+            deadline = time.monotonic() + 90
+            for _ in range(300):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                c.post("/v1/chat/completions", json={
+                    "model": "smollm2-135m", "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "Hi"}]})
+
+    prom = PrometheusProcess(tmp_path, f"127.0.0.1:{smol_worker.port}")
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        prom.wait_for("a request rate", lambda: any(
+            float(s["value"][1]) > 0 for s in prom.api("/api/v1/query", query=query)["result"]))
+        # the controller's default query is valid PromQL against the real series
+        prom.api("/api/v1/query", query=PrometheusQps.DEFAULT_QUERY)
+        proc = subprocess.run(
+            [str(BIN), "autoscale", "run", "--dry-run", "--replicas", "2",
+             "--prometheus", prom.url, "--query", query, "--capacity-rps", "100",
+             "--interval-s", "0.5", "--iterations", "3", "--output", "json"],
+            capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        prom.stop()
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 3 and all(r["qps"] > 0 for r in rows), proc.stdout  # no baseline read
+    policy = PolicyConfig(capacity_rps=100)
+    history: list[Sample] = []
+    for r in rows:
+        history.append(Sample(r["at"], r["qps"], r["replicas"]))
+        assert r["desired"] == decide(history, r["at"], policy)
