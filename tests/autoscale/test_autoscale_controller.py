@@ -217,9 +217,8 @@ def test_dry_run_reads_a_real_prometheus(smol_worker: Any, tmp_path: Path) -> No
 
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus not found: install Debian's prometheus (scripts/install.sh --test)")
-    from tests.deploy.test_prometheus_integration import PrometheusProcess
-
     from babeldesk.autoscale.controller import PrometheusQps
+    from tests.deploy.test_prometheus_integration import PrometheusProcess
 
     url = smol_worker.url
     query = ('sum(rate(babeldesk_requests_total{app="worker",'
