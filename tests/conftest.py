@@ -28,16 +28,21 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    def __init__(self, args: list[str], port: int, log: Path) -> None:
+    """A real ``babeldesk worker`` (or ``serve`` / ``gateway``) process on a free port."""
+
+    def __init__(self, args: list[str], port: int, log: Path, command: str = "worker",
+                 env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self._log_file = log.open("wb")
+        threads = ["--threads", "1"] if command in ("worker", "serve") else []
         self.proc = subprocess.Popen(
-            [str(BIN), "worker", "--port", str(port), "--threads", "1", *args],
-            stdout=self._log_file, stderr=subprocess.STDOUT)
+            [str(BIN), command, "--port", str(port), *threads, *args],
+            stdout=self._log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
 
-    def wait_ready(self, timeout: float = 240.0) -> None:
+    def wait_ready(self, timeout: float = 600.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -62,9 +67,10 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-def start_worker(tmp: Path, *args: str) -> WorkerProcess:
-    port = free_port()
-    w = WorkerProcess(list(args), port, tmp / f"worker-{port}.log")
+def start_worker(tmp: Path, *args: str, command: str = "worker",
+                 env: dict[str, str] | None = None, port: int | None = None) -> WorkerProcess:
+    port = port or free_port()
+    w = WorkerProcess(list(args), port, tmp / f"{command}-{port}.log", command, env)
     try:
         w.wait_ready()
     except Exception:
