@@ -1,7 +1,9 @@
-"""Language detection on the demo knowledge base's example questions: accuracy, share of
-"sure" messages (the lock's rule), and latency per message.
+"""Language detection on labelled messages: accuracy, share of "sure" messages (the
+lock's rule), wrong locks, and latency per message.
 
-    python benchmarks/language_detect.py [--repeat 20] [--kb DIR]
+    python benchmarks/language_detect.py [--repeat 20] [--kb DIR]    # the KB's examples
+    python benchmarks/language_detect.py --jsonl benchmarks/data/intent_eval.jsonl
+                                         # any JSONL with "text" and "lang" per line
 
 Prints a Markdown table (one row per language) for docs/benchmarks.md. Single thread;
 latency is wall-clock per ``LanguageDetector.detect`` call (median and p99 over
@@ -11,6 +13,7 @@ latency is wall-clock per ``LanguageDetector.detect`` call (median and p99 over
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
@@ -25,10 +28,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20, help="timing passes over the set")
     parser.add_argument("--kb", type=Path, default=None, help="knowledge-base folder")
+    parser.add_argument("--jsonl", type=Path, default=None, help="labelled messages instead")
     args = parser.parse_args()
 
-    kb = load_kb(args.kb)
-    examples = list(kb.examples())
+    if args.jsonl is None:
+        kb = load_kb(args.kb)
+        examples = [(ex.language, ex.text) for ex in kb.examples()]
+        source = f"KB {kb.version}: {len(examples)} example questions"
+    else:
+        lines = args.jsonl.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        examples = [(str(row["lang"]), str(row["text"])) for row in rows]
+        source = f"{args.jsonl.name}: {len(examples)} messages"
     t0 = time.perf_counter()
     detector = LanguageDetector()
     load_s = time.perf_counter() - t0
@@ -39,23 +50,22 @@ def main() -> None:
     false_lock: dict[str, int] = defaultdict(int)  # wrong language, yet sure enough to lock
     total: dict[str, int] = defaultdict(int)
     wrong: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for ex in examples:
-        found = detector.detect(ex.text)
-        total[ex.language] += 1
-        if found.language == ex.language:
-            right[ex.language] += 1
-            if lock.is_sure(found, text_weight(ex.text)):
-                sure[ex.language] += 1
+    for lang, text in examples:
+        found = detector.detect(text)
+        total[lang] += 1
+        if found.language == lang:
+            right[lang] += 1
+            if lock.is_sure(found, text_weight(text)):
+                sure[lang] += 1
         else:
-            wrong[ex.language][found.language] += 1
-            if lock.is_sure(found, text_weight(ex.text)):
-                false_lock[ex.language] += 1
+            wrong[lang][found.language] += 1
+            if lock.is_sure(found, text_weight(text)):
+                false_lock[lang] += 1
 
     # latency: per call, microseconds; `repeat` passes over all examples
     per_lang: dict[str, list[float]] = defaultdict(list)
-    texts = [(ex.language, ex.text) for ex in examples]
     for _ in range(args.repeat):
-        for lang, text in texts:
+        for lang, text in examples:
             start = time.perf_counter_ns()
             detector.detect(text)
             per_lang[lang].append((time.perf_counter_ns() - start) / 1000)
@@ -66,7 +76,7 @@ def main() -> None:
         return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
     print(
-        f"KB {kb.version}: {len(examples)} example questions, {len(total)} languages; "
+        f"{source}, {len(total)} languages; "
         f"model load {load_s * 1000:.0f} ms; {platform.machine()}, Python "
         f"{platform.python_version()}"
     )
