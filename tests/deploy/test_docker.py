@@ -139,6 +139,10 @@ def test_compose_fleet_shape() -> None:
         assert "/ready" in " ".join(s["healthcheck"]["test"])
         grace = float(s["command"][s["command"].index("--drain-grace-s") + 1])
         assert float(s["stop_grace_period"].rstrip("s")) > grace
+    gw = services["gateway"]["command"]
+    workers = {services[w]["command"][services[w]["command"].index("--model") + 1]
+               for w in ("worker-1", "worker-2")}
+    assert {gw[gw.index("--upstream-model") + 1]} == workers  # the name the workers serve
     deps = services["gateway"]["depends_on"]
     assert all(deps[w]["condition"] == "service_healthy" for w in ("redis", "worker-1", "worker-2"))
     assert "--appendonly" in services["redis"]["command"]

@@ -210,6 +210,14 @@ def test_selectors_services_and_monitors_are_wired(name: str) -> None:
         assert sel == by(objects, "Deployment", pdb)["spec"]["selector"]["matchLabels"]
 
 
+def test_gateway_asks_workers_for_their_model() -> None:
+    objects = render(KubernetesConfig(model="smollm2-135m"))
+    (gw,) = pod_spec(objects, "Deployment", "babeldesk-gateway")["containers"]
+    (wk,) = pod_spec(objects, "Deployment", "babeldesk-worker")["containers"]
+    model = wk["args"][wk["args"].index("--model") + 1]
+    assert gw["args"][gw["args"].index("--upstream-model") + 1] == model == "smollm2-135m"
+
+
 def test_redis_persists() -> None:
     objects = render(KubernetesConfig())
     redis = by(objects, "StatefulSet", "babeldesk-redis")

@@ -172,8 +172,9 @@ def worker_args(cfg: KubernetesConfig) -> list[str]:
 
 
 def gateway_args(cfg: KubernetesConfig) -> list[str]:
-    return ["gateway", "--config", f"{CONFIG_MOUNT}/config.yaml", "--host", "0.0.0.0",
-            "--port", "8080"]
+    # the workers serve the model under its reference (engine.served_model_name unset)
+    return ["gateway", "--config", f"{CONFIG_MOUNT}/config.yaml",
+            "--upstream-model", cfg.model, "--host", "0.0.0.0", "--port", "8080"]
 
 
 def controller_args(cfg: KubernetesConfig) -> list[str]:
