@@ -220,6 +220,21 @@ def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
     assert "kb/refund_status.yaml: not valid YAML at line" in message
 
 
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    text = yaml.safe_dump(_intent(), allow_unicode=True)
+    text = text.replace("answers:\n", "answers:\n  es: Primera respuesta.\n", 1)
+    message = _error(tmp_path, {"refund_status.yaml": text})
+    assert "kb/refund_status.yaml: not valid YAML at line" in message
+    assert "duplicate key 'es'" in message
+
+
+def test_binary_file_is_refused(tmp_path: Path) -> None:
+    kb = _write_kb(tmp_path, {"refund_status.yaml": _intent()})
+    (kb / "refund_status.yaml").write_bytes(b"\xff\xfe\x00binary junk\x80")
+    with pytest.raises(KnowledgeBaseError, match="kb/refund_status.yaml: not UTF-8 text"):
+        load_kb(kb)
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     message = _error(tmp_path, {"refund_status.yaml": "- just\n- a list\n"})
     assert "kb/refund_status.yaml: must be a mapping of fields" in message

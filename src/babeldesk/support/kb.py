@@ -15,7 +15,8 @@ Layout (the demo shop ships as ``babeldesk/data/kb/``; ``--kb DIR`` loads a shop
 Rules, each checked with an error naming the file and the field
 (``kb/refund_status.yaml: answers.es: must be a non-empty string``):
 
-- every file parses as YAML, its top level is a mapping, and it has no unknown keys;
+- every file is UTF-8 YAML without duplicate keys, its top level is a mapping, and it has
+  no unknown keys;
 - language codes are strings in ``SUPPORTED_LANGUAGES`` (quote ``'no'``: bare ``no`` is
   YAML's false);
 - ``examples`` has at least one language, each a non-empty list of non-empty strings;
@@ -53,7 +54,27 @@ _INTENT_KEYS = {"id", "description", "examples", "answers", "handoff"}
 _INTENT_REQUIRED = ("id", "description", "examples", "answers")
 _SHOP_KEYS = {"name", "version", "persona"}
 _ID_RE = re.compile(r"[a-z][a-z0-9_]*")
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
+    """The safe loader, refusing duplicate keys (YAML keeps the last one silently, so a
+    second ``es:`` under ``answers`` would drop the first answer without a word)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +154,11 @@ def load_kb(path: Path | None = None) -> KnowledgeBase:
         where = f"{label}/{f.name}"
         if f.is_dir() or not f.name.endswith(".yaml"):
             raise KnowledgeBaseError(where, "", "unexpected entry; the folder holds *.yaml files")
-        data = parse_yaml(f.read_text(encoding="utf-8"), where)
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise KnowledgeBaseError(where, "", "not UTF-8 text") from None
+        data = parse_yaml(text, where)
         if f.name == SHOP_FILE:
             shop = parse_shop(data, where)
         else:
@@ -157,7 +182,9 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KnowledgeBaseError(where, "", f"not valid YAML{line}") from None
+        problem = getattr(exc, "problem", None)
+        detail = f": {problem}" if problem and problem.startswith("duplicate key") else ""
+        raise KnowledgeBaseError(where, "", f"not valid YAML{line}{detail}") from None
     if not isinstance(data, dict):
         raise KnowledgeBaseError(where, "", "must be a mapping of fields")
     return data
