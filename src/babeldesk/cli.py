@@ -405,6 +405,7 @@ def autoscale_run(
 ) -> None:
     """Read the offered QPS, apply the policy to the worker Deployment's scale."""
     import json as _json
+    import os
     from datetime import datetime, timezone as _tz
 
     import httpx
@@ -432,6 +433,9 @@ def autoscale_run(
         elif api_server is not None:
             scaler = KubernetesScaler(api_server, namespace or "default", deployment, client,
                                       token_file)
+        elif dry_run and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            _fail("a dry run outside a cluster needs --replicas N (or --api-server to read it)")
+            return
         else:
             scaler = KubernetesScaler.in_cluster(namespace, deployment)
         if dry_run and not isinstance(scaler, DryRunScaler):
