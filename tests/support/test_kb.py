@@ -262,7 +262,7 @@ def test_shop_file_rules(tmp_path: Path) -> None:
 
 
 def test_folder_rules(tmp_path: Path) -> None:
-    with pytest.raises(KnowledgeBaseError, match="knowledge-base folder not found"):
+    with pytest.raises(KnowledgeBaseError, match="nowhere: knowledge-base folder not found"):
         load_kb(tmp_path / "nowhere")
     assert "no intent files" in _error(tmp_path / "a", {})
     message = _error(tmp_path / "b", {"refund_status.yml": _intent()})

@@ -145,7 +145,7 @@ def load_kb(path: Path | None = None) -> KnowledgeBase:
     folder: Traversable = bundled_kb_dir() if path is None else Path(path)
     label = folder.name or "kb"
     if not folder.is_dir():
-        raise KnowledgeBaseError(label, "", "knowledge-base folder not found")
+        raise KnowledgeBaseError(str(folder), "", "knowledge-base folder not found")
 
     files = sorted((f for f in folder.iterdir() if not f.name.startswith(".")), key=_name)
     shop: Shop | None = None
