@@ -187,8 +187,8 @@ class FleetConfig:
     read_timeout_s: float = 60.0  # longest gap between two chunks of an answer
     retry_attempts: int = 3  # tries per request, the first included
     retry_deadline_s: float = 120.0  # total seconds to get a first byte, all tries
-    retry_budget_ratio: float = 0.2  # retries <= this share of requests (10 s window)
-    retry_budget_min: int = 3  # retries always allowed per 10 s window
+    retry_budget_ratio: float = 0.2  # retries in flight <= this share of requests in flight
+    retry_budget_min: int = 3  # retries in flight always allowed
     max_connections: int = 256  # per fleet client, all upstreams together
     api_key: str = ""  # bearer token sent to upstreams; "" = none
 

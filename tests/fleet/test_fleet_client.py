@@ -210,14 +210,28 @@ async def test_retry_deadline_and_budget(servers, make_fleet) -> None:
     with pytest.raises(Unavailable, match="deadline"):
         await fleet.request(CHAT)
     assert sum(s.chat_requests for s in servers) == 2  # 0.3 s + the 0.15 s left
-    budget = await make_fleet(config(servers, first_byte_timeout_s=0.1,
+    # budget: one retry in flight at a time (ratio 0, floor 1); four requests fail at once
+    budget = await make_fleet(config(servers, first_byte_timeout_s=0.3,
                                      retry_budget_min=1, retry_budget_ratio=0))
-    for expected in (2, 1, 1):  # one retry in the window, then none
-        before = sum(s.chat_requests for s in servers)
-        with pytest.raises(Unavailable):
-            await budget.request(CHAT)
-        assert sum(s.chat_requests for s in servers) - before == expected
-    assert budget.admin_snapshot()["retry_budget"]["denied_total"] == 3  # 3rd try of #1, #2, #3
+    before = sum(s.chat_requests for s in servers)
+    results = await asyncio.gather(*(budget.request(CHAT) for _ in range(4)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert sum("retry budget exhausted" in str(r) for r in results) >= 3
+    snap = budget.admin_snapshot()["retry_budget"]
+    assert snap["retries_in_flight"] == 0 and snap["denied_total"] >= 3
+    # 4 first tries + the granted retries (one request may walk all three servers)
+    assert sum(s.chat_requests for s in servers) - before == 4 + snap["granted_total"]
+    assert snap["granted_total"] <= 2 + 2  # never more than one at a time, of 4 requests
+
+
+async def test_a_retry_does_not_advance_the_round_robin(servers, make_fleet) -> None:
+    a, b, c = servers
+    a.mode = "hang"
+    fleet = await make_fleet(config([a, b], first_byte_timeout_s=0.2, breaker_failures=100))
+    for _ in range(4):
+        assert served_by((await fleet.request(CHAT)).body) == "b"
+    assert a.chat_requests == 2 and b.chat_requests == 4  # a is first choice every other time
 
 
 async def test_open_breaker_half_opens_and_recovers(servers, make_fleet) -> None:

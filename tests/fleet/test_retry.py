@@ -1,17 +1,21 @@
-"""The retry budget over a sliding window, with a controllable clock."""
+"""The retry budget: retries in flight <= a share of requests in flight, with a floor."""
 
 from __future__ import annotations
 
-from babeldesk.fleet.retry import WINDOW_S, RetryBudget
+from babeldesk.fleet.retry import RetryBudget
 
 
-def test_budget_is_a_share_of_recent_requests_with_a_floor() -> None:
-    now = [0.0]
-    b = RetryBudget(ratio=0.2, minimum=3, clock=lambda: now[0])
-    for _ in range(50):
-        b.on_request()
-    granted = sum(b.try_retry() for _ in range(30))
-    assert granted == 10  # 20% of 50
-    assert b.denied == 20
-    now[0] += WINDOW_S + 0.1  # the window forgets
-    assert sum(b.try_retry() for _ in range(10)) == 3  # no recent requests: the floor
+def test_floor_then_share_of_requests_in_flight() -> None:
+    b = RetryBudget(ratio=0.2, minimum=3)
+    assert [b.try_retry(requests_in_flight=5) for _ in range(4)] == [True, True, True, False]
+    assert b.try_retry(requests_in_flight=20) is True  # 20% of 20 = 4
+    assert b.try_retry(requests_in_flight=20) is False
+    for _ in range(4):
+        b.done()
+    assert b.retries_in_flight == 0 and b.try_retry(requests_in_flight=1) is True
+    assert b.snapshot()["granted_total"] == 5 and b.snapshot()["denied_total"] == 2
+
+
+def test_zero_floor_and_ratio_means_no_retries() -> None:
+    b = RetryBudget(ratio=0.0, minimum=0)
+    assert not b.try_retry(requests_in_flight=100)

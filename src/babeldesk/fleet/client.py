@@ -114,7 +114,7 @@ class Fleet:
             cfg.breaker_half_open_trials, clock))
         self.router = make_router(cfg.policy, rng)
         self.health = HealthChecker(cfg, self._client, rng=rng)
-        self.budget = RetryBudget(cfg.retry_budget_ratio, cfg.retry_budget_min, clock)
+        self.budget = RetryBudget(cfg.retry_budget_ratio, cfg.retry_budget_min)
         self._resolve = resolve or Resolver(cfg.hosts_file)
         self._file_watch = FileWatch(cfg.upstreams_file) if cfg.upstreams_file else None
         self._file_specs: tuple[Any, ...] = ()
@@ -223,8 +223,9 @@ class Fleet:
             json.dumps(body).encode() if body is not None else None)
         streaming = bool(body and body.get("stream")) if stream is None else stream
         deadline = self._clock() + cfg.retry_deadline_s  # seconds, monotonic
-        self.budget.on_request()
-        tried: set[str] = set()
+        # the preference order is fixed once per request (a retry must not advance the
+        # round robin); a retry takes the next upstream of it whose breaker lets it in
+        order = self.candidates(session_id)
         why = "no upstream is in rotation"
         fallback: UpstreamReply | None = None
         for attempt in range(cfg.retry_attempts):
@@ -232,15 +233,15 @@ class Fleet:
             if remaining <= 0:
                 why += f"; retry deadline of {cfg.retry_deadline_s:g}s passed"
                 break
-            picked = self._pick(session_id, tried)
+            picked = self._pick(order)
             if picked is None:
                 break
-            if attempt > 0 and not self.budget.try_retry():
-                picked[1].release()
+            up, permit = picked
+            retry = attempt > 0
+            if retry and not self.budget.try_retry(self.in_flight()):
+                permit.release()
                 why += "; retry budget exhausted"
                 break
-            up, permit = picked
-            tried.add(up.name)
             try:
                 return await self._attempt(up, permit, method, path, payload, streaming,
                                            session_id, min(cfg.first_byte_timeout_s, remaining))
@@ -248,13 +249,22 @@ class Fleet:
                 why = f"{up.name}: {exc.message}"
                 fallback = exc.reply or fallback
                 log.warning("fleet: attempt %d failed on %s", attempt + 1, why)
+            finally:
+                if retry:
+                    self.budget.done()
         if fallback is not None:
             return fallback
         raise Unavailable(f"no upstream answered ({why})")
 
-    def _pick(self, session_id: str | None, tried: set[str]) -> tuple[Upstream, Permit] | None:
-        for up in self.candidates(session_id):
-            if up.name in tried:
+    def in_flight(self) -> int:
+        """Requests being answered by upstreams now, all together."""
+        return sum(u.outstanding for u in self.pool.upstreams)
+
+    def _pick(self, order: list[Upstream]) -> tuple[Upstream, Permit] | None:
+        """Take the first upstream of ``order`` whose breaker grants a permit, off it."""
+        while order:
+            up = order.pop(0)
+            if not up.healthy:
                 continue
             permit = up.breaker.acquire()
             if permit is not None:
