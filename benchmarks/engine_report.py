@@ -1,0 +1,184 @@
+"""Tables and PNGs from the engine benchmark's JSON (benchmarks/results/engine/*.json).
+
+The Markdown goes into docs/benchmarks.md between the engine markers (nothing else in
+that file is touched); the PNGs into docs/img/engine_*.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+IMG = HERE.parent / "docs" / "img"
+BEGIN, END = "<!-- engine-bench:begin -->", "<!-- engine-bench:end -->"
+SETTING_ORDER = ("pipeline", "tf-float32", "tf-bfloat16", "tf-int8", "llamacpp", "llamacpp-server")
+MODE_ORDER = ("burst", "poisson", "closed16", "closed1")
+LABEL = {
+    "pipeline": "(a) HF pipeline fp32 bs=32",
+    "tf-float32": "(b) babeldesk tf fp32",
+    "tf-bfloat16": "(b) babeldesk tf bf16",
+    "tf-int8": "(b) babeldesk tf int8",
+    "llamacpp": "(c) babeldesk llamacpp",
+    "llamacpp-server": "(d) llama-cpp-python server",
+}
+
+
+def load(results: Path) -> list[dict[str, Any]]:
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(results.glob("*.json"))]
+    return sorted(runs, key=lambda r: (r["model"], SETTING_ORDER.index(r["setting"]),
+                                       MODE_ORDER.index(r["mode"])))
+
+
+def _s(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _get(runs: list[dict], model: str, setting: str, mode: str) -> dict | None:
+    for r in runs:
+        if (r["model"], r["setting"], r["mode"]) == (model, setting, mode):
+            return r
+    return None
+
+
+def table(runs: list[dict]) -> list[str]:
+    out = ["| setting | mode | n | tok/s | req/s | TTFT p50 s | TTFT p99 s | e2e p50 s | "
+           "e2e p99 s | peak RSS MiB | tokens/answer | errors | load before |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in runs:
+        s = r["summary"]
+        mode = r["mode"] + (f" {r['rate_per_s']:g}/s" if r["mode"] == "poisson" else "")
+        out.append(
+            f"| {LABEL[r['setting']]} | {mode} | {r['requests']} | "
+            f"{s['output_tokens_per_s']:.1f} | {s['requests_per_s']:.3f} | {_s(s['ttft_p50_s'])} | "
+            f"{_s(s['ttft_p99_s'])} | {_s(s['e2e_p50_s'])} | {_s(s['e2e_p99_s'])} | "
+            f"{s['peak_rss_mib']:.0f} | {s['mean_completion_tokens']:.1f} | {s['errors']} | "
+            f"{r['load_avg_before'][0]:.1f} |")
+    return out
+
+
+def targets(runs: list[dict], model: str) -> list[str]:
+    out = []
+    pb, pp = _get(runs, model, "pipeline", "burst"), _get(runs, model, "pipeline", "poisson")
+    for setting in ("tf-float32", "tf-bfloat16", "tf-int8"):
+        b, p = _get(runs, model, setting, "burst"), _get(runs, model, setting, "poisson")
+        if not (pb and b and pp and p):
+            continue
+        rb = b["summary"]["output_tokens_per_s"] / max(pb["summary"]["output_tokens_per_s"], 1e-9)
+        rp = p["summary"]["output_tokens_per_s"] / max(pp["summary"]["output_tokens_per_s"], 1e-9)
+        p99, p99_pipe = p["summary"]["e2e_p99_s"], pp["summary"]["e2e_p99_s"]
+        met = rb >= 3 and p99 is not None and p99_pipe is not None and p99 < p99_pipe
+        out.append(f"- {LABEL[setting]} vs {LABEL['pipeline']}: tokens/s x{rb:.2f} (burst), "
+                   f"x{rp:.2f} (poisson); poisson e2e p99 {_s(p99)} s vs {_s(p99_pipe)} s: "
+                   f"**{'met' if met else 'missed'}** (target x3 and lower p99)")
+    c16, s16 = _get(runs, model, "llamacpp", "closed16"), _get(runs, model, "llamacpp-server", "closed16")
+    c1, s1 = _get(runs, model, "llamacpp", "closed1"), _get(runs, model, "llamacpp-server", "closed1")
+    if c16 and s16:
+        r = c16["summary"]["requests_per_s"] / max(s16["summary"]["requests_per_s"], 1e-9)
+        out.append(f"- {LABEL['llamacpp']} vs {LABEL['llamacpp-server']}, 16 clients: "
+                   f"req/s x{r:.2f}: **{'met' if r >= 2 else 'missed'}** (target x2)")
+    if c1 and s1:
+        a, b = c1["summary"]["e2e_p50_s"], s1["summary"]["e2e_p50_s"]
+        ta, tb = c1["summary"]["ttft_p50_s"], s1["summary"]["ttft_p50_s"]
+        out.append(f"- 1 client: e2e p50 {_s(a)} s vs {_s(b)} s (TTFT p50 {_s(ta)} vs {_s(tb)}): "
+                   f"**{'met' if a is not None and b is not None and a <= b else 'missed'}** "
+                   "(target: no worse)")
+    return out
+
+
+def sample_tables(runs: list[dict], model: str, width: int = 90) -> list[str]:
+    out = []
+    for r in runs:
+        if r["model"] != model or r["mode"] != "burst" or not r["samples"]:
+            continue
+        out += [f"<details><summary>{model}, {LABEL[r['setting']]}: one answer per language "
+                "(burst run, first 90 characters)</summary>", "", "| lang | answer |", "|---|---|"]
+        for lang, text in r["samples"].items():
+            clean = " ".join(text.split()).replace("|", "\\|")
+            out.append(f"| {lang} | {clean[:width]}{'…' if len(clean) > width else ''} |")
+        out += ["", "</details>", ""]
+    return out
+
+
+def markdown(runs: list[dict]) -> str:
+    if not runs:
+        return "(no runs yet)"
+    dates = sorted(r["date"] for r in runs)
+    lines = [f"Runs from {dates[0]} to {dates[-1]} on {runs[0]['machine']}, 2 compute threads "
+             "per setting, one serving process at a time. Generated by "
+             "`python benchmarks/engine_bench.py --report` from "
+             "`benchmarks/results/engine/*.json`; each JSON holds its exact command, the "
+             "server's command line, every request's timings and text.", ""]
+    commands = sorted({r["command"] for r in runs})
+    lines += ["Commands:", "", *[f"- `{c}`" for c in commands], ""]
+    for model in sorted({r["model"] for r in runs}, key=lambda m: m != "smollm2-135m"):
+        mine = [r for r in runs if r["model"] == model]
+        lines += [f"#### {model}", "", *table(mine), "", *targets(runs, model), "",
+                  f"![{model} tokens/s](img/engine_{model}_throughput.png)",
+                  f"![{model} latency](img/engine_{model}_latency.png)", "",
+                  *sample_tables(runs, model)]
+    return "\n".join(lines)
+
+
+def plots(runs: list[dict], img: Path = IMG) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model in sorted({r["model"] for r in runs}):
+        mine = [r for r in runs if r["model"] == model]
+        settings = [s for s in SETTING_ORDER if any(r["setting"] == s for r in mine)]
+        modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in mine)]
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        width = 0.8 / max(len(modes), 1)
+        for j, mode in enumerate(modes):
+            vals = [(_get(mine, model, s, mode) or {}).get("summary", {}).get("output_tokens_per_s", 0)
+                    for s in settings]
+            bars = ax.bar([i + j * width for i in range(len(settings))], vals, width, label=mode)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(settings))])
+        ax.set_xticklabels([LABEL[s] for s in settings], rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel("output tokens/s (all requests)")
+        ax.set_title(f"{model}: throughput per setting and arrival mode (2 threads, CPU)")
+        ax.legend()
+        fig.tight_layout()
+        path = img / f"engine_{model}_throughput.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
+        for ax, mode in zip(axes, ("burst", "poisson")):
+            sel = [s for s in settings if _get(mine, model, s, mode)]
+            keys = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s")
+            w = 0.8 / len(keys)
+            for j, k in enumerate(keys):
+                vals = [_get(mine, model, s, mode)["summary"][k] or 0 for s in sel]
+                ax.bar([i + j * w for i in range(len(sel))], vals, w, label=k.replace("_s", ""))
+            ax.set_xticks([i + w * 1.5 for i in range(len(sel))])
+            ax.set_xticklabels([LABEL[s] for s in sel], rotation=20, ha="right", fontsize=7)
+            ax.set_ylabel("seconds")
+            ax.set_title(f"{model}, {mode}")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = img / f"engine_{model}_latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(results: Path, doc: Path = DOC, img: Path = IMG) -> None:
+    runs = load(results)
+    plots(runs, img)
+    text = doc.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{doc} has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{BEGIN}\n{markdown(runs)}\n{END}{tail}", encoding="utf-8")
