@@ -1,0 +1,149 @@
+"""The pipeline in-process with real stores and a real KB + matcher, no model: handoff
+webhook retries against a real HTTP server, cache bypass on a dead Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+
+import pytest
+
+from babeldesk.config import StoreConfig, SupportConfig
+from babeldesk.store import open_answer_cache, open_session_store
+from babeldesk.support.handoff import HandoffEvent, WebhookNotifier, repeats
+from babeldesk.support.kb import load_kb
+from babeldesk.support.language import LockState
+from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.support.pipeline import (
+    SupportPipeline, SupportRequest, decode_lock, encode_lock, validate_message,
+)
+from babeldesk.errors import InvalidRequest, PayloadTooLarge
+from babeldesk.telemetry.metrics import Metrics
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def kb_and_matcher():
+    kb = load_kb()
+    return kb, IntentMatcher.from_kb(kb, MatcherConfig(threads=1))
+
+
+class Receiver:
+    """A real HTTP server that fails the first ``failures`` POSTs with 500."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.received: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if outer.failures > 0:
+                    outer.failures -= 1
+                    self.send_response(500)
+                else:
+                    outer.received.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def pipeline(kb, matcher, **kw) -> tuple[SupportPipeline, Metrics]:
+    metrics = Metrics("test")
+    store = StoreConfig(cache_url=kw.pop("cache_url", "memory://"), sessions_url="memory://")
+    p = SupportPipeline(kb=kb, matcher=matcher, sessions=open_session_store(store),
+                        cache=open_answer_cache(store), model=None,
+                        config=SupportConfig(verifier=False), metrics=metrics, **kw)
+    return p, metrics
+
+
+def test_handoff_webhook_is_retried_and_never_delays_the_reply(kb_and_matcher) -> None:
+    kb, matcher = kb_and_matcher
+    receiver = Receiver(failures=2)
+    notifier = WebhookNotifier(receiver.url, attempts=4, first_backoff_s=0.2)
+    p, metrics = pipeline(kb, matcher, notifier=notifier,
+                          redact=lambda t: t.replace("555 1234", "[phone]"))
+
+    async def run():
+        reply = await p.handle(SupportRequest("I want to speak to a human agent please, call me at 555 1234"))
+        assert reply.handoff == {"reason": "customer_request"} and reply.reply
+        assert receiver.received == []  # the reply came back before the webhook succeeded
+        await notifier.aclose()
+        return reply
+
+    reply = asyncio.run(run())
+    assert notifier.delivered == 1 and notifier.failed == 0
+    (event,) = receiver.received
+    assert event["type"] == "handoff" and event["session_id"] == reply.session_id
+    assert event["reason"] == "customer_request" and "555 1234" not in event["message"]
+    receiver.server.shutdown()
+
+
+def test_dead_webhook_gives_up_but_the_customer_is_answered(kb_and_matcher) -> None:
+    kb, matcher = kb_and_matcher
+    notifier = WebhookNotifier(f"http://127.0.0.1:{free_port()}/nobody", attempts=2,
+                               first_backoff_s=0.05)
+    p, _ = pipeline(kb, matcher, notifier=notifier)
+
+    async def run():
+        reply = await p.handle(SupportRequest("let me talk to a person"))
+        await notifier.aclose()
+        return reply
+
+    assert asyncio.run(run()).source == "handoff"
+    assert notifier.failed == 1
+
+
+def test_dead_redis_cache_is_bypassed_and_counted(kb_and_matcher) -> None:
+    kb, matcher = kb_and_matcher
+    p, metrics = pipeline(kb, matcher, cache_url=f"redis://127.0.0.1:{free_port()}/0")
+    reply = asyncio.run(p.handle(SupportRequest("¿Cuánto tarda el envío a España?")))
+    assert reply.source == "knowledge_base" and reply.language == "es"
+    text = metrics.render().decode()
+    assert 'babeldesk_cache_lookups_total{kind="model",result="error"}' in text
+
+
+def test_without_a_model_an_unknown_question_is_handed_off(kb_and_matcher) -> None:
+    kb, matcher = kb_and_matcher
+    p, _ = pipeline(kb, matcher)
+    reply = asyncio.run(p.handle(SupportRequest("What's the weather like on Mars today?")))
+    assert reply.source == "handoff" and reply.handoff == {"reason": "low_confidence"}
+    assert reply.intent is None
+
+
+def test_lock_encoding_round_trips() -> None:
+    for state in (LockState(), LockState("es"), LockState("es", "fr")):
+        assert decode_lock(encode_lock(state)) == state
+
+
+def test_message_validation() -> None:
+    assert validate_message("  hola  ", 10) == "hola"
+    with pytest.raises(InvalidRequest):
+        validate_message("", 10)
+    with pytest.raises(PayloadTooLarge):
+        validate_message("x" * 11, 10)
+    with pytest.raises(InvalidRequest):
+        validate_message("abc\x00def", 10)
+
+
+def test_repeats_counts_the_immediately_preceding_same_questions() -> None:
+    assert repeats(["a", "b", "b"], "b") == 2
+    assert repeats(["b", "a"], "b") == 0
+    assert repeats([], "b") == 0
+    assert repeats(["b"], None) == 0
+
+
+def test_handoff_event_is_plain_data() -> None:
+    e = HandoffEvent("s", "customer_request", "en", "hi", None, 1.0)
+    assert e.reason == "customer_request"
