@@ -211,47 +211,79 @@ def test_dry_run_against_a_running_worker_prints_decide(smol_worker: Any) -> Non
     assert max(r["desired"] for r in rows) > 1, proc.stdout
 
 
+def start_prometheus(tmp: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's Prometheus on a free loopback port, scraping ``target`` every second."""
+    import shutil
+    import socket
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: install Debian's prometheus (scripts/install.sh --test)")
+    (tmp / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: babeldesk-worker\n    static_configs: [{{targets: ['{target}']}}]\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=(tmp / "prometheus.log").open("wb"), stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def prom_query(url: str, query: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
 @pytest.mark.slow
 def test_dry_run_reads_a_real_prometheus(smol_worker: Any, tmp_path: Path) -> None:
-    import shutil
-
-    if shutil.which("prometheus") is None:
-        pytest.fail("prometheus not found: install Debian's prometheus (scripts/install.sh --test)")
     from babeldesk.autoscale.controller import PrometheusQps
-    from tests.deploy.test_prometheus_integration import PrometheusProcess
 
     url = smol_worker.url
     query = ('sum(rate(babeldesk_requests_total{app="worker",'
              'route="/v1/chat/completions"}[10s]))')
     stop = threading.Event()
 
-    def traffic() -> None:  # bounded: 300 requests or 90 s
+    def traffic() -> None:  # bounded: 2000 requests or 90 s, stopped when the run ends
         with httpx.Client(base_url=url, timeout=30) as c:
             deadline = time.monotonic() + 90
-            for _ in range(300):
+            for _ in range(2000):
                 if stop.is_set() or time.monotonic() > deadline:
                     return
                 c.post("/v1/chat/completions", json={
                     "model": "smollm2-135m", "max_tokens": 2,
                     "messages": [{"role": "user", "content": "Hi"}]})
 
-    prom = PrometheusProcess(tmp_path, f"127.0.0.1:{smol_worker.port}")
+    prom, prom_url = start_prometheus(tmp_path, f"127.0.0.1:{smol_worker.port}")
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
     try:
-        prom.wait_for("a request rate", lambda: any(
-            float(s["value"][1]) > 0 for s in prom.api("/api/v1/query", query=query)["result"]))
+        deadline = time.monotonic() + 60
+        while True:  # until Prometheus has two scrapes with traffic between them
+            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            try:
+                if any(float(r["value"][1]) > 0 for r in prom_query(prom_url, query)):
+                    break
+            except (httpx.HTTPError, ValueError):  # still starting
+                pass
+            time.sleep(0.5)
         # the controller's default query is valid PromQL against the real series
-        prom.api("/api/v1/query", query=PrometheusQps.DEFAULT_QUERY)
+        prom_query(prom_url, PrometheusQps.DEFAULT_QUERY)
         proc = subprocess.run(
             [str(BIN), "autoscale", "run", "--dry-run", "--replicas", "2",
-             "--prometheus", prom.url, "--query", query, "--capacity-rps", "100",
+             "--prometheus", prom_url, "--query", query, "--capacity-rps", "100",
              "--interval-s", "0.5", "--iterations", "3", "--output", "json"],
             capture_output=True, text=True, timeout=120, check=False)
     finally:
         stop.set()
         thread.join(timeout=60)
-        prom.stop()
+        prom.terminate()
+        prom.wait(timeout=30)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 3 and all(r["qps"] > 0 for r in rows), proc.stdout  # no baseline read
