@@ -118,11 +118,12 @@ def test_substitution_leaves_plain_promql() -> None:
 
 
 def test_provisioning_points_at_the_dashboard() -> None:
-    prov = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "babeldesk.yml").read_text())
+    provisioning = GRAFANA_DIR / "provisioning"
+    prov = yaml.safe_load((provisioning / "dashboards" / "babeldesk.yml").read_text())
     assert prov["apiVersion"] == 1
     (provider,) = prov["providers"]
     assert provider["type"] == "file" and provider["options"]["path"]
-    ds = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "babeldesk.yml").read_text())
+    ds = yaml.safe_load((provisioning / "datasources" / "babeldesk.yml").read_text())
     (source,) = ds["datasources"]
     assert source["type"] == "prometheus"
     # the dashboard's $datasource variable offers Prometheus sources, this one included

@@ -1,10 +1,12 @@
 """A real Prometheus (Debian's binary), configured from deploy/prometheus/prometheus.yml,
-scrapes a real ``babeldesk worker`` (smollm2-135m, one thread); then every Grafana panel
-query is evaluated through Prometheus' HTTP API without error, and every recording and
-alerting rule evaluates cleanly against the real series."""
+scrapes a real ``babeldesk serve`` (as the gateway job) and a real ``babeldesk worker``
+(smollm2-135m, one thread each) after real support and completion traffic; then every
+Grafana panel query is evaluated through Prometheus' HTTP API without error (the ones the
+traffic feeds with real series), and every recording and alerting rule evaluates cleanly."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import time
@@ -16,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import WorkerProcess, free_port
+from tests.conftest import WorkerProcess, free_port, start_worker
 from tests.deploy.test_grafana_dashboard import load_dashboard, panel_queries
 
 PROM_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -24,19 +26,18 @@ WAIT_S = 60.0  # upper bound for every wait on Prometheus
 
 
 class PrometheusProcess:
-    """Prometheus on a loopback port with its data in ``tmp``; the shipped config with
-    1 s scrape / evaluation intervals and the given worker as the only target."""
+    """Prometheus on a loopback port with its data in ``tmp``: the shipped config with
+    1 s scrape / evaluation intervals and the given gateway and worker as targets."""
 
-    def __init__(self, tmp: Path, worker_target: str) -> None:
+    def __init__(self, tmp: Path, gateway: str, worker: str) -> None:
         cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         cfg["global"]["scrape_interval"] = "1s"
         cfg["global"]["evaluation_interval"] = "1s"
         shutil.copytree(PROM_DIR / "rules", tmp / "rules")
         (tmp / "targets").mkdir()
-        (tmp / "targets" / "gateways.yml").write_text("[]\n")
-        (tmp / "targets" / "dcgm.yml").write_text("[]\n")
-        (tmp / "targets" / "workers.yml").write_text(
-            yaml.safe_dump([{"targets": [worker_target]}]))
+        for name, target in (("gateways", gateway), ("workers", worker)):
+            (tmp / "targets" / f"{name}.yml").write_text(yaml.safe_dump([{"targets": [target]}]))
+        (tmp / "targets" / "dcgm.yml").write_text("[]\n")  # no GPU here
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,6 +50,11 @@ class PrometheusProcess:
              f"--web.listen-address=127.0.0.1:{self.port}",
              "--log.level=warn"],
             stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def value(self, promql: str) -> float:
+        """The single value of an instant query (NaN when there is no series)."""
+        result = self.api("/api/v1/query", query=promql)["result"]
+        return float(result[0]["value"][1]) if result else math.nan
 
     def api(self, path: str, **params: str) -> Any:
         if self.proc.poll() is not None:
@@ -80,34 +86,69 @@ class PrometheusProcess:
         self._log_file.close()
 
 
-@pytest.fixture(scope="module")
-def prometheus(
-    smol_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrometheusProcess]:
-    if shutil.which("prometheus") is None:
-        pytest.fail("prometheus not found: install Debian's prometheus (scripts/install.sh --test)")
-    # traffic first, so histograms, token counters and error counters hold real samples
+def support_traffic(serve_url: str) -> None:
+    """Knowledge-base answers in two languages, a cache hit and a handoff."""
+    for message in ("Hola, ¿cuándo me devuelven el dinero de mi devolución?",
+                    "How long does delivery to Germany take?",
+                    "How long does delivery to Germany take?",
+                    "I want to talk to a real person, not a bot"):
+        r = httpx.post(serve_url + "/v1/support/messages", json={"message": message}, timeout=120)
+        assert r.status_code == 200, r.text
+
+
+def worker_traffic(worker_url: str) -> None:
+    """Two short generations and one bad request."""
     for max_tokens in (4, 8):
-        r = httpx.post(smol_worker.url + "/v1/chat/completions", timeout=120, json={
+        r = httpx.post(worker_url + "/v1/chat/completions", timeout=120, json={
             "model": "smollm2-135m", "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": "Where is my order?"}]})
         assert r.status_code == 200, r.text
-    assert httpx.post(smol_worker.url + "/v1/chat/completions", json={}).status_code in (400, 422)
-    prom = PrometheusProcess(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{smol_worker.port}")
+    assert httpx.post(worker_url + "/v1/chat/completions", json={}).status_code in (400, 422)
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """``babeldesk serve`` (gateway + engine in one process) on the small model."""
+    tmp = tmp_path_factory.mktemp("serve-metrics")
+    proc = start_worker(tmp, "--model", "smollm2-135m", "--sessions", f"sqlite:///{tmp}/s.db",
+                        "--no-verifier", command="serve")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    serve: WorkerProcess, smol_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusProcess]:
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus not found: install Debian's prometheus (scripts/install.sh --test)")
+    # Labelled counters appear at their first increment, and rate() needs two samples of
+    # the series: traffic once before the first scrape and once after it.
+    support_traffic(serve.url)
+    worker_traffic(smol_worker.url)
+    prom = PrometheusProcess(tmp_path_factory.mktemp("prometheus"),
+                             f"127.0.0.1:{serve.port}", f"127.0.0.1:{smol_worker.port}")
     try:
-        prom.wait_for("worker scraped twice (rate() needs two samples)", lambda: any(
-            float(s["value"][1]) >= 2 for s in prom.api(
-                "/api/v1/query", query='count_over_time(up{job="babeldesk-worker"}[1m])')["result"]))
+        prom.wait_for("both targets scraped", lambda: prom.value(
+            'count(count_over_time(babeldesk_requests_total{job=~"babeldesk-.*"}[1m])) by (job)'
+            ) >= 1 and prom.value('count(up == 1)') == 2)
+        support_traffic(serve.url)
+        worker_traffic(smol_worker.url)
+        prom.wait_for("the second round scraped", lambda: (
+            prom.value("sum(rate(babeldesk_messages_total[1m]))") > 0
+            and prom.value("sum(rate(babeldesk_tokens_generated_total"
+                           '{job="babeldesk-worker"}[1m]))') > 0))
         yield prom
     finally:
         prom.stop()
 
 
 @pytest.mark.slow
-def test_worker_target_is_up(prometheus: PrometheusProcess) -> None:
-    (target,) = prometheus.api("/api/v1/targets")["activeTargets"]
-    assert target["labels"]["job"] == "babeldesk-worker"
-    assert target["health"] == "up", target
+def test_gateway_and_worker_targets_are_up(prometheus: PrometheusProcess) -> None:
+    targets = prometheus.api("/api/v1/targets")["activeTargets"]
+    assert sorted(t["labels"]["job"] for t in targets) == ["babeldesk-gateway", "babeldesk-worker"]
+    for t in targets:
+        assert t["health"] == "up", t
 
 
 @pytest.mark.slow
@@ -117,24 +158,36 @@ def test_every_panel_query_evaluates(prometheus: PrometheusProcess) -> None:
         data = prometheus.api("/api/v1/query", query=promql)  # asserts status: success
         assert data["resultType"] == "vector", name
         results[name] = data["result"]
-    # the panels fed by the worker's own metrics show real series, not just "no error"
+
+    def values(name: str, label: str) -> dict[str, float]:
+        return {s["metric"].get(label, ""): float(s["value"][1]) for s in results[name]}
+
+    # the panels fed by real traffic show real series, not just "no error"
     for name in (
-        "Requests per second (QPS) / A",
-        "Non-2xx responses by status / A",
-        "Request latency p50 / p90 / p99 / C",
-        "Time to first token / inter-token latency / B",
-        "Queue depth and running sequences / A",
-        "Batch size / B",
-        "Tokens per second / A",
+        "Requests per second (QPS) / A", "Non-2xx responses by status / A",
+        "Request latency p50 / p90 / p99 / C", "Time to first token / inter-token latency / B",
+        "Queue depth and running sequences / A", "Batch size / B", "Tokens per second / A",
+        "Answered without the model / A", "Cache hit ratio by kind / A",
+        "Handoffs to a human / A", "Messages by language / A", "Messages by answer source / A",
+        "Answered under 100 ms / A",
     ):
-        assert results[name], f"{name}: no series from the worker"
-    (qps,) = [s for s in results["Requests per second (QPS) / A"]
-              if s["metric"].get("route") == "/v1/chat/completions"]
-    assert qps["metric"]["app"] == "worker"
-    statuses = {s["metric"]["status"] for s in results["Non-2xx responses by status / A"]}
-    assert statuses & {"400", "422"}
+        assert results[name], f"{name}: no series"
+    qps = {(s["metric"]["app"], s["metric"]["route"])
+           for s in results["Requests per second (QPS) / A"]}
+    assert {("worker", "/v1/chat/completions"), ("gateway", "/v1/support/messages")} <= qps
+    assert set(values("Non-2xx responses by status / A", "status")) & {"400", "422"}
+    assert {"es", "en"} <= set(values("Messages by language / A", "language"))
+    sources = values("Messages by answer source / A", "source")
+    assert {"knowledge_base", "cache", "handoff"} <= set(sources)
+    # the second round's repeated questions come from the cache
+    assert sources["cache"] > 0 and sources["handoff"] > 0
+    assert values("Handoffs to a human / A", "reason")["customer_request"] > 0
+    (without_model,) = values("Answered without the model / A", "").values()
+    assert 0 < without_model < 1  # KB + cache, not the handoff
+    (under_100ms,) = values("Answered under 100 ms / A", "").values()
+    assert 0 <= under_100ms <= 1
     # no GPU here: the GPU panels are empty (absent, not faked)
-    assert results["GPU utilisation / A"] == []
+    assert results["GPU utilisation / A"] == [] and results["GPU memory / A"] == []
 
 
 @pytest.mark.slow

@@ -197,7 +197,8 @@ def parse_fleet_spec(spec: str) -> Fleet:
     name, sep, rest = spec.partition(":")
     name = name.strip()
     if not sep or not name:
-        raise ConfigError("--fleet", f"{spec!r}: expected NAME:price=P,rps=R or NAME:price=P,bench=FILE")
+        raise ConfigError(
+            "--fleet", f"{spec!r}: expected NAME:price=P,rps=R or NAME:price=P,bench=FILE")
     fields: dict[str, str] = {}
     for part in rest.split(","):
         key, eq, value = part.partition("=")
@@ -386,7 +387,8 @@ def build_inputs(
     if unknown:
         raise ConfigError("cost file", f"unknown section(s): {', '.join(sorted(unknown))}")
 
-    def merged(section: str, keys: tuple[str, ...], flags: Mapping[str, Any] | None) -> dict[str, Any]:
+    def merged(section: str, keys: tuple[str, ...],
+               flags: Mapping[str, Any] | None) -> dict[str, Any]:
         values = dict(data.get(section) or {})
         for k in values:
             if k not in keys:
