@@ -160,3 +160,22 @@ def test_chat_page_and_probes(serve) -> None:
     assert httpx.get(serve.url + "/ready").status_code == 200
     metrics = httpx.get(serve.url + "/metrics").text
     assert 'babeldesk_messages_total{language="es",source="knowledge_base"}' in metrics
+
+
+def test_language_without_kb_answers_is_answered_translated(serve) -> None:
+    # Polish: the KB has Polish examples but no Polish answers -> the model translates
+    first = post(serve.url, message="Kiedy dostanę zwrot pieniędzy za zwrócony towar?").json()
+    assert first["language"] == "pl" and first["intent"] == "refund_status"
+    assert first["translated"] is True and first["reply"]
+    again = post(serve.url, message="Kiedy otrzymam zwrot pieniędzy? Odesłałem paczkę tydzień temu.").json()
+    if again["intent"] == "refund_status":  # same intent + language: the translation is cached
+        assert again["source"] == "cache" and again["reply"] == first["reply"]
+
+
+def test_session_language_switches_only_on_a_clear_switch(serve) -> None:
+    sid = post(serve.url, message="Hallo, wie lange dauert die Lieferung nach Berlin?").json()["session_id"]
+    short = post(serve.url, message="ok", session_id=sid).json()
+    assert short["language"] == "de"  # too short to move a locked session
+    one = post(serve.url, message="Et combien coûte la livraison express ?", session_id=sid).json()
+    two = post(serve.url, message="Et est-ce que je peux payer avec PayPal ?", session_id=sid).json()
+    assert one["language"] in ("de", "fr") and two["language"] == "fr"

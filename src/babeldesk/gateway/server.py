@@ -18,11 +18,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from babeldesk.config import Config
 from babeldesk.store import open_answer_cache, open_session_store
-from babeldesk.store.redact import Redactor
+from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.support.handoff import WebhookNotifier
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline
+from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel
 from babeldesk.web import DrainingServer, decode_json_body, read_body
@@ -64,10 +65,14 @@ def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any
     return 0
 
 
-def _logging() -> None:
+def _logging(config: Config) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if config.store.redact:  # customer text in logs carries no e-mail, phone or card number
+        redacting = RedactingFilter(Redactor(config.store.redact_phone_regions))
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redacting)
 
 
 def run_serve(config: Config) -> int:
@@ -75,7 +80,7 @@ def run_serve(config: Config) -> int:
     from babeldesk.engine.loader import load_engine
     from babeldesk.engine.openai_api import openai_router
 
-    _logging()
+    _logging(config)
     metrics = Metrics("gateway")
     state = GatewayState(config, metrics)
     app = create_app(state)
@@ -101,6 +106,7 @@ def run_serve(config: Config) -> int:
     @app.on_event("startup")
     async def _start() -> None:
         threading.Thread(target=load, name="load", daemon=True).start()
+        start_gpu_sampler(metrics)
 
     def engine_busy() -> int:
         e = holder.get("engine")
@@ -132,7 +138,7 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     """Gateway in front of OpenAI-compatible workers (``fleet.upstreams``)."""
     from babeldesk.fleet import Fleet, FleetChatModel
 
-    _logging()
+    _logging(config)
     metrics = Metrics("gateway")
     state = GatewayState(config, metrics)
     app = create_app(state)

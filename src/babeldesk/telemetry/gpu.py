@@ -149,3 +149,12 @@ class GpuSampler:
                 self.nvml.nvmlShutdown()
             except self.nvml.NVMLError:
                 pass
+
+
+def start_gpu_sampler(metrics: Metrics, interval_s: float = 5.0) -> asyncio.Task[None] | None:
+    """From a running event loop: sample NVML every ``interval_s`` into ``metrics``, or do
+    nothing (gauges absent) when there is no GPU to sample."""
+    sampler = GpuSampler.open(metrics)
+    if sampler is None:
+        return None
+    return asyncio.get_running_loop().create_task(sampler.run(interval_s), name="gpu-sampler")

@@ -14,6 +14,7 @@ import uvicorn
 
 from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
+from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.web import DrainingServer
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
@@ -44,6 +45,7 @@ def run_worker(config: Config) -> int:
     @app.on_event("startup")
     async def _start_loading() -> None:
         threading.Thread(target=_load, name="load-model", daemon=True).start()
+        start_gpu_sampler(metrics)
 
     ucfg = uvicorn.Config(
         app, host=config.worker.host, port=config.worker.port, log_level="warning",
