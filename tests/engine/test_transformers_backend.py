@@ -6,8 +6,8 @@ incremental detokenizer never splits a character."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,13 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from babeldesk.config import Backend, DType, EngineConfig, Quantization  # noqa: E402
-from babeldesk.engine.backends import hf_convert  # noqa: E402
-from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, StepInput  # noqa: E402
-from babeldesk.engine.backends.transformers import TransformersBackend  # noqa: E402
-from babeldesk.engine.models import ModelSource, resolve_model  # noqa: E402
-from babeldesk.errors import GenerationFailed, OutOfMemory  # noqa: E402
-from babeldesk.types import ChatMessage  # noqa: E402
+from babeldesk.config import Backend, DType, EngineConfig, Quantization
+from babeldesk.engine.backends import hf_convert
+from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, StepInput
+from babeldesk.engine.backends.transformers import TransformersBackend
+from babeldesk.engine.models import ModelSource, resolve_model
+from babeldesk.errors import GenerationFailed, OutOfMemory
+from babeldesk.types import ChatMessage
 
 pytestmark = [pytest.mark.slow, pytest.mark.transformers]
 

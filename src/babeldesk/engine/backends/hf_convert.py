@@ -86,7 +86,7 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
         raise ModelLoadError(f"cannot convert GGUF {gguf_path.name}: {exc}") from exc
     # The weights are plain float32 now; without this save_pretrained refuses
     # ("GGUF models cannot be saved") and the saved config would ask for a re-conversion.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.config.quantization_config = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

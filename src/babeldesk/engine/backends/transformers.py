@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-HEADROOM = 64  # spare KV columns allocated past the used ones: a copy every 64 steps, not every step
+HEADROOM = 64  # spare KV columns past the used ones: a copy every 64 steps, not every step
 
 
 class _GrowingLayer(DynamicLayer):
@@ -168,7 +169,7 @@ class _GrowingLayer(DynamicLayer):
         self.kbuf[:, :, self.used:need] = key_states
         self.vbuf[:, :, self.used:need] = value_states
         self.bind(self.kbuf, self.vbuf, need)
-        return self.keys, self.values
+        return self.kbuf[:, :, :need], self.vbuf[:, :, :need]
 
 
 def _with_capacity(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
@@ -233,13 +234,13 @@ class TransformersBackend(Backend):
         folder = self._weights_folder(source)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load {source.reference!r}: {exc}") from exc
         model.to(self.device).eval()
         if config.quantization is Quantization.INT8:
             model = quantize_int8(model, self.device)
-        self.model = model
+        self.model: Any = model
         if not getattr(self.tokenizer, "chat_template", None):
             log.warning("%s has no chat template; using ChatML", source.reference)
             self.tokenizer.chat_template = CHATML_TEMPLATE
@@ -316,6 +317,7 @@ class TransformersBackend(Backend):
         self._compact()
         self._validate(batch)
         self._check_memory_cap(batch)
+        oom: str | None = None
         try:
             with torch.inference_mode():
                 logits, decoded = self._decode(batch)
@@ -326,10 +328,16 @@ class TransformersBackend(Backend):
                     if chunk.last:
                         logits[chunk.slot] = row_logits
                 kv, mask = self._join(decoded, [p for p in pending if p.last])
+                # [slots, vocab] float32 on the CPU, one device copy
+                out = torch.stack(list(logits.values())).float().cpu().numpy() if logits else None
         except Exception as exc:
-            if _is_oom(exc):
-                raise OutOfMemory(f"step of {batch.num_tokens} tokens: {exc}") from exc
-            raise
+            if not _is_oom(exc):
+                raise
+            oom = str(exc) or type(exc).__name__
+        if oom is not None:  # raised out here: the failed step's tensors are freed by now
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemory(f"step of {batch.num_tokens} tokens: {oom}")
         # commit: nothing above touched committed state
         self._kv, self._mask = kv, mask
         for d in batch.decode:
@@ -341,7 +349,7 @@ class TransformersBackend(Backend):
                 self._rows.append(p.slot)
             else:
                 self._partial[p.slot] = p.kv
-        return {slot: row.float().cpu().numpy() for slot, row in logits.items()}
+        return dict(zip(logits.keys(), out)) if out is not None else {}
 
     # --- one step's pieces ---------------------------------------------------------------
 
@@ -384,23 +392,24 @@ class TransformersBackend(Backend):
             raise OutOfMemory(f"step needs ~{need / 2**20:.0f} MiB, over engine.memory_cap_mb="
                               f"{self.config.memory_cap_mb}")
 
-    def _shadow(self, kv: KV, used: int) -> DynamicCache:
+    def _shadow(self, kv: KV, used: int) -> tuple[DynamicCache, list[_GrowingLayer]]:
         """A cache object over the committed buffers; the forward pass writes only past
         ``used`` (or into new buffers), so the committed state survives a failure."""
         cache = DynamicCache(config=self.model.config)
-        cache.layers = [_GrowingLayer() for _ in cache.layers]
-        for layer, (k, v) in zip(cache.layers, kv):
+        layers = [_GrowingLayer() for _ in cache.layers]
+        for layer, (k, v) in zip(layers, kv):
             layer.bind(k, v, used)
-        return cache
+        cache.layers = list(layers)
+        return cache, layers
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
                  kv: KV, used: int) -> tuple[torch.Tensor, KV]:
         """ids, pos: [rows, n]; mask: [rows, used + n] or None (no padding).
         Returns the last position's logits [rows, vocab] and the buffers, now used + n."""
-        cache = self._shadow(kv, used)
+        cache, layers = self._shadow(kv, used)
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :], [(layer.kbuf, layer.vbuf) for layer in cache.layers]
+        return out.logits[:, -1, :], [(layer.kbuf, layer.vbuf) for layer in layers]
 
     def _decode(self, batch: StepInput) -> tuple[dict[int, torch.Tensor], tuple[KV, torch.Tensor]]:
         """One token for each decode item. Returns per-slot logits and the running batch's
@@ -431,7 +440,8 @@ class TransformersBackend(Backend):
         new_kv = []
         for (k, v), (gk, gv) in zip(self._kv, grown):
             if k.shape[2] <= used:
-                k, v = _with_capacity(k, used, used + HEADROOM), _with_capacity(v, used, used + HEADROOM)
+                k = _with_capacity(k, used, used + HEADROOM)
+                v = _with_capacity(v, used, used + HEADROOM)
             k[:, :, used].zero_()
             v[:, :, used].zero_()
             k[sel, :, used] = gk[:, :, used - lead]
@@ -466,7 +476,8 @@ class TransformersBackend(Backend):
         for layer in range(len(joiners[0].kv)):
             _, heads, _, dim = joiners[0].kv[layer][0].shape
             # zeros: padding keys and values must be finite (0 * NaN is NaN under the mask)
-            k = joiners[0].kv[layer][0].new_zeros((rows + len(joiners), heads, cols + HEADROOM, dim))
+            k = joiners[0].kv[layer][0].new_zeros(
+                (rows + len(joiners), heads, cols + HEADROOM, dim))
             v = torch.zeros_like(k)
             if rows:
                 k[:rows, :, cols - used:cols] = kv[layer][0][:, :, :used]
