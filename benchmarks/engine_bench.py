@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import httpx
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -169,7 +170,7 @@ def free_port() -> int:
 
 
 def run_http(spec: RunSpec, on_done: Callable[[], None], logdir: Path,
-             retok: Retokenizer) -> tuple[list[dict], float, int, float, list[str]]:
+             retok: Retokenizer) -> tuple[list[dict], float, int, float, list[str], dict]:
     port = free_port()
     cmd, ready = server_command(spec, port)
     log = logdir / f"{spec.model}__{spec.setting}__{spec.mode}.log"
@@ -184,13 +185,16 @@ def run_http(spec: RunSpec, on_done: Callable[[], None], logdir: Path,
                 eh.run_load(target, wl.requests(1), "burst")  # warm-up, not recorded
                 records, wall = eh.run_load(target, wl.requests(spec.requests), _http_mode(spec),
                                             rate=spec.rate, clients=spec.clients, on_done=on_done)
+            means = {}
+            if ready == "/ready":  # a babeldesk worker: what its scheduler actually did
+                means = eh.engine_means(httpx.get(target.base_url + "/metrics", timeout=30).text)
         finally:
             eh.stop(proc)
     for r in records:
         if r["error"] is None and r["completion_tokens"] is None:
             r["completion_tokens"] = retok.count(spec.model, r["text"])
             r["tokens_counted"] = "retokenized"
-    return records, wall, rss.peak, load_s, cmd
+    return records, wall, rss.peak, load_s, cmd, means
 
 
 def _http_mode(spec: RunSpec) -> str:
@@ -198,7 +202,7 @@ def _http_mode(spec: RunSpec) -> str:
 
 
 def run_pipeline(spec: RunSpec, on_done: Callable[[], None], logdir: Path
-                 ) -> tuple[list[dict], float, int, float, list[str]]:
+                 ) -> tuple[list[dict], float, int, float, list[str], dict]:
     out = logdir / f"{spec.model}__pipeline__{spec.mode}.raw.json"
     cmd = [sys.executable, str(HERE / "engine_pipeline.py"), "--model", spec.model,
            "--mode", spec.mode, "--requests", str(spec.requests), "--rate", str(spec.rate),
@@ -217,7 +221,7 @@ def run_pipeline(spec: RunSpec, on_done: Callable[[], None], logdir: Path
     if rc != 0:
         raise RuntimeError(f"pipeline run failed ({rc}); see {logf.name}")
     raw = json.loads(out.read_text())
-    return raw["records"], raw["wall_s"], rss.peak, load_s, cmd
+    return raw["records"], raw["wall_s"], rss.peak, load_s, cmd, {}
 
 
 def poisson_rate(model: str, override: float | None) -> float:
@@ -235,9 +239,9 @@ def run_one(spec: RunSpec, progress: Progress, logdir: Path, retok: Retokenizer,
     task = progress.add_task(f"{spec.model} {spec.setting} {spec.mode}", total=spec.requests)
     done = lambda: progress.advance(task)  # noqa: E731
     if spec.setting == "pipeline":
-        records, wall, peak, load_s, cmd = run_pipeline(spec, done, logdir)
+        records, wall, peak, load_s, cmd, means = run_pipeline(spec, done, logdir)
     else:
-        records, wall, peak, load_s, cmd = run_http(spec, done, logdir, retok)
+        records, wall, peak, load_s, cmd, means = run_http(spec, done, logdir, retok)
     result = {
         "model": spec.model, "setting": spec.setting, "mode": spec.mode,
         "requests": spec.requests, "max_tokens": wl.MAX_TOKENS, "rate_per_s": spec.rate,
@@ -248,7 +252,7 @@ def run_one(spec: RunSpec, progress: Progress, logdir: Path, retok: Retokenizer,
         "command": "python benchmarks/" + " ".join(shlex.quote(a) for a in argv),
         "server_command": " ".join(shlex.quote(Path(c).name if c.startswith("/") else c)
                                    for c in cmd),
-        "load_s": load_s, "summary": summarize(records, wall, peak),
+        "load_s": load_s, "summary": summarize(records, wall, peak), "engine_metrics": means,
         "samples": samples(records), "records": records,
     }
     spec.path.parent.mkdir(parents=True, exist_ok=True)

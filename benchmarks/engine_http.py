@@ -87,6 +87,25 @@ class RssSampler:
         self._thread.join()
 
 
+def engine_means(metrics_text: str) -> dict[str, float]:
+    """Means of the worker's histograms (sum / count) from a /metrics scrape: decode batch
+    size per step (sequences), inter-token latency and queue wait (seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        for s in fam.samples:
+            if s.name.endswith(("_sum", "_count")):
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+    out = {}
+    for name, key in (("babeldesk_batch_size", "mean_batch_size"),
+                      ("babeldesk_inter_token_latency_seconds", "mean_itl_s"),
+                      ("babeldesk_queue_wait_seconds", "mean_queue_wait_s")):
+        if sums.get(name + "_count"):
+            out[key] = sums[name + "_sum"] / sums[name + "_count"]
+    return out
+
+
 def parse_sse_line(line: str) -> dict[str, Any] | None:
     """One ``data: {...}`` line of an OpenAI stream -> the chunk; None for others and [DONE]."""
     if not line.startswith("data:"):
