@@ -4,7 +4,7 @@ character, and a stop-string matcher that holds back text that may begin a stop 
 from __future__ import annotations
 
 import codecs
-from typing import Callable
+from collections.abc import Callable
 
 from babeldesk.engine.backends.base import TokenDecoder
 

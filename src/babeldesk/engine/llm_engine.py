@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 import uuid
-from typing import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
 
 import numpy as np
 
@@ -245,10 +246,10 @@ class Engine:
             self.metrics.prompt_tokens_total.inc(sum(len(c.tokens) for c in step.prefill))
             by_slot = {s.slot: s for s in self.scheduler.running}
             for slot, row in logits.items():
-                seq = by_slot.get(slot)
-                if seq is None or seq.cancelled:
+                owner = by_slot.get(slot)
+                if owner is None or owner.cancelled:
                     continue
-                self._advance(seq, sample(row, seq.params, seq.rng), now)
+                self._advance(owner, sample(row, owner.params, owner.rng), now)
 
     def _advance(self, seq: Sequence, token: int, now: float) -> None:
         seq.output_ids.append(token)

@@ -99,7 +99,7 @@ def _chunk_path(chunk: Chunk) -> Path:
         raise ModelLoadError(f"package {chunk.dist} is not installed") from exc
     if version != chunk.version:
         raise ModelLoadError(f"{chunk.dist} is {version}, expected the pinned {chunk.version}")
-    path = Path(list(found.submodule_search_locations)[0]) / chunk.relpath
+    path = Path(next(iter(found.submodule_search_locations))) / chunk.relpath
     if not path.is_file():
         raise ModelLoadError(f"{chunk.dist} lacks {chunk.relpath}")
     return path

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Literal, Union
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from babeldesk.errors import InvalidRequest, ModelNotFound
-from babeldesk.web import decode_json_body, read_body
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
+from babeldesk.web import decode_json_body, read_body
 
 MAX_STOP = 4
 
@@ -31,7 +32,7 @@ class _TextPart(BaseModel):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: Union[str, list[_TextPart], None] = None
+    content: str | list[_TextPart] | None = None
 
     @field_validator("role")
     @classmethod
@@ -59,7 +60,7 @@ class ChatCompletionBody(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1, le=1)
@@ -163,6 +164,23 @@ async def sse_stream(stream: Any, req_id: str, model: str, include_usage: bool) 
         yield "data: [DONE]\n\n"
     finally:
         stream.cancel()
+
+
+class GuardedEngine:
+    """An engine as the router sees it: ``check()`` runs before any new work (it raises
+    ``Unavailable`` while the app is loading or draining)."""
+
+    def __init__(self, engine: Any, check: Callable[[], object]) -> None:
+        self._engine, self._check = engine, check
+        self.model_name = engine.model_name
+
+    def encode(self, messages: Any) -> list[int]:
+        self._check()
+        return self._engine.encode(messages)
+
+    def submit(self, prompt_ids: list[int], request: ChatRequest) -> Any:
+        self._check()
+        return self._engine.submit(prompt_ids, request)
 
 
 def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -> APIRouter:

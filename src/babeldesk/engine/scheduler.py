@@ -11,7 +11,7 @@ import collections
 import time
 
 from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, StepInput
-from babeldesk.engine.sequence import Sequence, SeqStatus
+from babeldesk.engine.sequence import SeqStatus, Sequence
 from babeldesk.errors import QueueFull
 
 

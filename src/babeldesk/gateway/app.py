@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse

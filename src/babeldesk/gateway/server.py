@@ -6,7 +6,6 @@ background (``/ready`` 503 until done), and drain on SIGTERM.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from babeldesk.config import Config
+from babeldesk.gateway.app import GatewayState, Phase, create_app
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.support.handoff import WebhookNotifier
@@ -27,7 +27,6 @@ from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel
 from babeldesk.web import DrainingServer, decode_json_body, read_body
-from babeldesk.gateway.app import GatewayState, Phase, create_app
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -78,7 +77,7 @@ def _logging(config: Config) -> None:
 def run_serve(config: Config) -> int:
     """Gateway + in-process engine in one process."""
     from babeldesk.engine.loader import load_engine
-    from babeldesk.engine.openai_api import openai_router
+    from babeldesk.engine.openai_api import GuardedEngine, openai_router
 
     _logging(config)
     metrics = Metrics("gateway")
@@ -93,7 +92,7 @@ def run_serve(config: Config) -> int:
             holder["engine"] = engine
             state.pipeline = build_pipeline(config, metrics, engine)
             app.include_router(openai_router(
-                _Guarded(state, engine), max_body_bytes=config.gateway.max_body_bytes,
+                GuardedEngine(engine, state.require), max_body_bytes=config.gateway.max_body_bytes,
                 served_names={engine.model_name, config.engine.model}))
             state.phase = Phase.READY
             log.info("ready on http://%s:%d (model %s, %s)", config.gateway.host,
@@ -118,22 +117,6 @@ def run_serve(config: Config) -> int:
     return code
 
 
-class _Guarded:
-    """The engine as the OpenAI router sees it: refuses new work unless ready."""
-
-    def __init__(self, state: GatewayState, engine: Any) -> None:
-        self._state, self._engine = state, engine
-        self.model_name = engine.model_name
-
-    def encode(self, messages: Any) -> list[int]:
-        self._state.require()
-        return self._engine.encode(messages)
-
-    def submit(self, prompt_ids: list[int], request: Any) -> Any:
-        self._state.require()
-        return self._engine.submit(prompt_ids, request)
-
-
 def run_gateway(config: Config, upstream_model: str) -> int:
     """Gateway in front of OpenAI-compatible workers (``fleet.upstreams``)."""
     from babeldesk.fleet import Fleet, FleetChatModel
@@ -142,6 +125,7 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     metrics = Metrics("gateway")
     state = GatewayState(config, metrics)
     app = create_app(state)
+    app.add_middleware(_UpstreamHeader)
     fleet = Fleet(config.fleet, metrics=metrics)
     state.ready_check = lambda: fleet.ready
     state.admin = fleet.admin_snapshot
@@ -185,6 +169,40 @@ def run_gateway(config: Config, upstream_model: str) -> int:
         await fleet.aclose()
 
     return _serve(app, state, config)
+
+
+class _UpstreamHeader:
+    """Names the worker(s) that answered a non-streamed support message in the
+    ``x-babeldesk-upstream`` response header (comma-separated, in call order), as the
+    OpenAI passthrough does; a streamed reply's headers leave before any model call, so it
+    carries none. Pure ASGI and only on that path: the passthrough pays nothing for it."""
+
+    PATH = "/v1/support/messages"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.PATH:
+            await self.app(scope, receive, send)
+            return
+        from babeldesk.fleet.client import upstreams_used
+
+        used: list[str] = []  # filled by Fleet.request in this request's context
+        token = upstreams_used.set(used)
+
+        async def _send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and used:
+                value = ",".join(dict.fromkeys(used)).encode("latin-1")
+                message = {**message,
+                           "headers": [*message.get("headers", []),
+                                       (b"x-babeldesk-upstream", value)]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            upstreams_used.reset(token)
 
 
 def _relay(reply: Any) -> Response:

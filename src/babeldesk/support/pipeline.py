@@ -17,23 +17,40 @@ import json
 import logging
 import time
 import unicodedata
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import AsyncIterator, Callable, Union
 
 from babeldesk.config import SupportConfig
 from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge
 from babeldesk.store import (
-    AnswerCache, CacheKey, LookupResult, SessionStore, Transcript, Turn, kb_answer_key,
-    model_answer_key, normalise_text,
+    AnswerCache,
+    CacheKey,
+    LookupResult,
+    SessionStore,
+    Transcript,
+    Turn,
+    kb_answer_key,
+    model_answer_key,
+    normalise_text,
 )
 from babeldesk.support.handoff import HandoffReason, WebhookNotifier, event, repeats
 from babeldesk.support.kb import KnowledgeBase
 from babeldesk.support.language import (
-    Detection, LanguageDetector, LanguageLock, LockState, normalize_language_code, text_weight,
+    Detection,
+    LanguageDetector,
+    LanguageLock,
+    LockState,
+    normalize_language_code,
+    text_weight,
 )
 from babeldesk.support.matcher import IntentMatcher, Match, llm_verifier
 from babeldesk.support.prompt import (
-    NO_ANSWER, Fact, answer_prompt, leaks_system_prompt, system_prompt, translation_prompt,
+    NO_ANSWER,
+    Fact,
+    answer_prompt,
+    leaks_system_prompt,
+    system_prompt,
+    translation_prompt,
 )
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams
@@ -75,7 +92,7 @@ class SupportReply:
         return asdict(self)
 
 
-Event = Union[str, SupportReply]  # text deltas, then the final reply
+Event = str | SupportReply  # text deltas, then the final reply
 
 
 def validate_message(text: object, max_chars: int) -> str:

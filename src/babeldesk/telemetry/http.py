@@ -5,7 +5,8 @@ streamed responses are timed to their last byte and never buffered."""
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from babeldesk.telemetry.metrics import Metrics
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Any, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from babeldesk.config import Config
 from babeldesk.engine.llm_engine import Engine
-from babeldesk.engine.openai_api import openai_router
+from babeldesk.engine.openai_api import GuardedEngine, openai_router
 from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
@@ -77,25 +77,7 @@ def mount_engine(app: FastAPI, state: WorkerState, engine: Engine) -> None:
     """Called once the model is loaded: add the OpenAI routes over the engine."""
     cfg = state.config
     names = {engine.model_name, cfg.engine.model}
-    router = openai_router(_Guarded(state, engine), max_body_bytes=cfg.worker.max_body_bytes,
+    router = openai_router(GuardedEngine(engine, state.require_engine), max_body_bytes=cfg.worker.max_body_bytes,
                            served_names=names)
     app.include_router(router)
 
-
-class _Guarded:
-    """The engine as the router sees it: refuses new work while draining."""
-
-    def __init__(self, state: WorkerState, engine: Engine) -> None:
-        self._state, self._engine = state, engine
-        self.model_name = engine.model_name
-
-    def encode(self, messages: Any) -> list[int]:
-        self._state.require_engine()
-        return self._engine.encode(messages)
-
-    def submit(self, prompt_ids: list[int], request: Any) -> Any:
-        self._state.require_engine()
-        return self._engine.submit(prompt_ids, request)
-
-
-LoadFn = Callable[[Config, Metrics], Engine]

@@ -37,7 +37,7 @@ def run_worker(config: Config) -> int:
             if state.phase == Phase.LOADING:
                 state.phase = Phase.READY
             log.info("ready: %s on %s", engine.model_name, engine.backend.name)
-        except Exception as exc:  # reported on /ready and in the log; the process stays up
+        except Exception as exc:  # noqa: BLE001 - any load failure: reported on /ready, process stays up
             log.error("model load failed: %s", exc)
             state.error = str(exc)
             state.phase = Phase.FAILED

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -149,7 +149,8 @@ class LlamaCppBackend(Backend):
             bos_token=self._bos_text.decode("utf-8", errors="replace"),
             add_generation_prompt=True,
         )
-        return fmt(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        return fmt(messages=chat).prompt  # type: ignore[arg-type]
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         prompt = self.render_chat(messages)
