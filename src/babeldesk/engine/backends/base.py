@@ -8,8 +8,8 @@ identified by a ``slot`` in ``[0, max_batch_size)``; a slot is reused after ``re
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
