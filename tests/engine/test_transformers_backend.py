@@ -312,3 +312,66 @@ def test_gguf_conversion_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ids = prompt(be, QUESTIONS[0])
     assert GreedyDriver(be, [ids], [0], [10_000], [4]).run()[0] == \
         generate_alone(load("float32"), ids, 4)
+
+
+# --- the real engine (scheduler, sampling, detokenizer) on this backend -----------------
+
+
+def _engine_answers(be: TransformersBackend, cfg: EngineConfig,
+                    questions: list[str]) -> tuple[list, list]:
+    """Each question alone, then all together, through the engine thread."""
+    import asyncio
+
+    from babeldesk.engine.llm_engine import Engine
+    from babeldesk.types import ChatRequest, SamplingParams, collect
+
+    def req(q: str) -> ChatRequest:
+        return ChatRequest([ChatMessage("user", q)], SamplingParams(max_tokens=16))
+
+    async def run(qs: list[str]) -> list:
+        return await asyncio.gather(*[collect(e.stream_chat(req(q))) for q in qs])
+
+    e = Engine(be, cfg)
+    e.start()
+    try:
+        alone = [asyncio.run(run([q]))[0] for q in questions]
+        together = asyncio.run(run(questions))
+        assert e.num_running == 0 and e.num_waiting == 0
+    finally:
+        e.shutdown()
+    return alone, together
+
+
+def test_engine_batched_greedy_equals_one_at_a_time() -> None:
+    be = load("float32")
+    cfg = dataclasses.replace(be.config, max_batch_size=4, prefill_budget=16, max_model_len=512)
+    alone, together = _engine_answers(be, cfg, QUESTIONS + ["Where is my parcel?"])
+    for a, b in zip(alone, together):
+        assert a.text and a.text == b.text and a.usage == b.usage
+
+
+def test_engine_splits_the_batch_when_the_memory_cap_is_hit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    be = load("float32")
+    # room for the weights and about one sequence (prompt + 16 tokens + spare columns),
+    # not four: the backend refuses, the engine preempts half and retries
+    cap_mb = be.weights_bytes() // 2**20 + 10
+    cfg = dataclasses.replace(be.config, max_batch_size=4, prefill_budget=512,
+                              max_model_len=512, memory_cap_mb=cap_mb)
+    monkeypatch.setattr(be, "config", cfg)
+    refused = {"n": 0}
+    real_check = be._check_memory_cap
+
+    def counting_check(batch: StepInput) -> None:
+        try:
+            real_check(batch)
+        except OutOfMemory:
+            refused["n"] += 1
+            raise
+
+    monkeypatch.setattr(be, "_check_memory_cap", counting_check)
+    questions = QUESTIONS + ["Where is my parcel?"]
+    alone, together = _engine_answers(be, cfg, questions)
+    assert refused["n"] >= 1
+    for a, b in zip(alone, together):
+        assert a.text and a.text == b.text and a.finish_reason == b.finish_reason

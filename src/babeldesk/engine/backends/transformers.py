@@ -508,5 +508,8 @@ class TransformersBackend(Backend):
         self._mask = mask[:, lead:]
 
     def close(self) -> None:
-        self._kv, self._partial = [], {}
-        self._rows = []
+        """Drop every sequence's KV cache; the model stays loaded while the object lives."""
+        self._rows, self._kv, self._partial, self._lens = [], [], {}, {}
+        self._mask = self._mask[:0, :0]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
