@@ -48,7 +48,7 @@ INTENT_PHRASES: dict[str, dict[str, list[str]]] = {
         "nl": ["wat is de status van mijn bestelling van vorige week?"],
     },
     "delivery_time": {
-        "en": ["if i order today when will it arrive", "how many days until a package shows up"],
+        "en": ["placing an order tonight, roughly when would it get to me", "how many days until a package shows up"],
         "es": ["¿cuántos días tarda en llegar un pedido normal?"],
         "it": ["quanti giorni servono per ricevere un ordine?"],
         "de": ["Wie lange ist ein Paket normalerweise unterwegs?"],
@@ -68,9 +68,9 @@ INTENT_PHRASES: dict[str, dict[str, list[str]]] = {
     "return_policy": {
         "en": ["how many days do i have to send something back", "can i return stuff i didn't like"],
         "de": ["Bis wann darf ich Sachen zurückschicken?"],
-        "it": ["entro quanti giorni posso restituire un articolo?"],
-        "ja": ["何日以内なら返品できますか"],
-        "ru": ["сколько дней есть на возврат товара?"],
+        "it": ["ho ancora tempo per rimandare indietro una gonna comprata il mese scorso?"],
+        "ja": ["購入から3週間たった服でもまだ返品を受け付けてもらえますか"],
+        "ru": ["купил куртку три недели назад, ещё можно её вернуть?"],
         "es": ["¿hasta cuándo puedo devolver algo que compré?"],
     },
     "start_return": {
@@ -103,41 +103,41 @@ INTENT_PHRASES: dict[str, dict[str, list[str]]] = {
     },
     "missing_item": {
         "en": ["one of the three things i ordered wasn't in the box", "package came with an item missing"],
-        "fr": ["il manque un article dans mon colis"],
+        "fr": ["le chargeur n'était pas dans le carton avec le reste"],
         "zh": ["包裹里少了一件东西"],
         "ar": ["ينقص منتج من الطرد الذي وصلني"],
     },
     "payment_failed": {
         "en": ["checkout keeps rejecting my card", "payment declined but my card works elsewhere"],
-        "es": ["me rechaza la tarjeta al pagar"],
+        "es": ["intento pagar y la web dice que mi tarjeta no es válida"],
         "it": ["il pagamento non va a buon fine"],
         "ru": ["не проходит оплата картой"],
-        "tr": ["ödeme yaparken kartım reddediliyor"],
+        "tr": ["ödeme sayfasında kartım sürekli hata veriyor"],
     },
     "exchange_item": {
         "en": ["can i swap this shirt for a bigger size", "want a different colour instead"],
         "de": ["Kann ich die Hose gegen eine andere Größe tauschen?"],
-        "pt": ["posso trocar por outro tamanho?"],
+        "pt": ["a calça ficou apertada, dá pra pegar um número maior no lugar?"],
         "ja": ["サイズ交換はできますか"],
     },
     "payment_methods": {
-        "en": ["do you take paypal", "which ways can i pay"],
-        "fr": ["quels moyens de paiement acceptez-vous ?"],
-        "ko": ["어떤 결제 수단을 쓸 수 있나요?"],
+        "en": ["is paying with apple pay or paypal an option at checkout", "which ways can i pay"],
+        "fr": ["on peut régler en plusieurs fois ou seulement par carte ?"],
+        "ko": ["카카오페이나 계좌이체로도 결제가 가능한가요?"],
         "hi": ["क्या आप UPI या कार्ड से पेमेंट लेते हैं?"],
-        "nl": ["kan ik met ideal betalen?"],
+        "nl": ["welke betaalopties hebben jullie behalve creditcard?"],
     },
     "international_shipping": {
         "en": ["do you deliver to canada", "can you ship outside the EU"],
         "es": ["¿hacen envíos a México?"],
-        "de": ["Liefert ihr auch in die Schweiz?"],
+        "de": ["Schickt ihr Pakete auch nach Österreich und Liechtenstein?"],
         "ar": ["هل تشحنون إلى الإمارات؟"],
     },
     "promo_code": {
         "en": ["my discount code isn't doing anything", "coupon says invalid at checkout"],
-        "it": ["il codice sconto non funziona"],
-        "zh": ["优惠码用不了"],
-        "pl": ["kod rabatowy nie działa"],
+        "it": ["ho inserito il coupon della newsletter ma il prezzo non cambia"],
+        "zh": ["结账时输入折扣码提示无效是怎么回事"],
+        "pl": ["wpisałem kupon z maila, ale cena się nie zmienia"],
     },
     "change_shipping_address": {
         "en": ["i put the wrong street on my order", "can you send it to my office instead"],
@@ -147,9 +147,9 @@ INTENT_PHRASES: dict[str, dict[str, list[str]]] = {
     },
     "reset_password": {
         "en": ["can't log in, forgot my password", "password reset email never arrives"],
-        "es": ["olvidé mi contraseña"],
-        "ja": ["パスワードを忘れてログインできません"],
-        "ko": ["비밀번호를 잊어버렸어요"],
+        "es": ["no me acuerdo de la clave para entrar a mi cuenta"],
+        "ja": ["ログイン用のパスワードを再設定する方法を教えて"],
+        "ko": ["로그인 비밀번호를 새로 설정하고 싶어요"],
     },
     "invoice_copy": {
         "en": ["i need a receipt for my company", "where can i download the invoice"],
@@ -166,9 +166,9 @@ INTENT_PHRASES: dict[str, dict[str, list[str]]] = {
     },
     "contact_human": {
         "en": ["let me talk to a real person", "i want an actual agent not a bot"],
-        "es": ["quiero hablar con una persona de verdad"],
+        "es": ["pásame con alguien del equipo, no con un robot"],
         "de": ["Ich möchte mit einem Mitarbeiter sprechen"],
-        "ar": ["أريد التحدث مع موظف"],
+        "ar": ["ممكن تحولني لشخص حقيقي من خدمة العملاء؟"],
     },
     "update_payment_method": {
         "en": ["how do i replace the card saved on my account", "remove my old card please"],
@@ -187,9 +187,9 @@ INTENT_PHRASES: dict[str, dict[str, list[str]]] = {
         "ko": ["계정 이메일을 바꾸고 싶어요"],
     },
     "opening_hours": {
-        "en": ["when is your support team available", "are you open on sundays"],
+        "en": ["when is your support team available", "can i reach customer service on a sunday afternoon"],
         "it": ["a che ora aprite il servizio clienti?"],
-        "zh": ["客服几点上班？"],
+        "zh": ["你们人工客服周末也在线吗"],
         "pl": ["w jakich godzinach działa obsługa klienta?"],
     },
     "delete_account": {
