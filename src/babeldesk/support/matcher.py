@@ -1,0 +1,337 @@
+"""Customer message -> knowledge-base intent, or none (out of scope).
+
+DESIGN.md measured why a cosine threshold over one embedder fails (65-80% top-1 across
+24 languages, 10-12% of off-topic messages matched). What this module does instead:
+
+1. Training data: the KB's example questions in every language it has, plus explicit
+   out-of-scope examples (``babeldesk/data/out_of_scope.yaml``: off-topic, shop
+   questions no intent answers, near misses such as "no refund needed, thanks").
+2. Two signals per message: character n-grams (TF-IDF, language-agnostic, catches
+   wording and typos) and a multilingual sentence embedding (e5-small, catches meaning
+   across languages). See ``embed.py``.
+3. A trained decision: one multinomial logistic regression over both, with the
+   out-of-scope class as one more label (as CLINC150 does), instead of a raw threshold.
+4. Acceptance: the best intent is returned when its probability reaches
+   ``accept_threshold`` and beats out-of-scope; otherwise none. With a *verifier* (an
+   async callable, the pipeline passes the LLM) messages in the unsure band
+   ``[verify_low, verify_high)`` are decided by it among the top-k candidates.
+
+Thresholds default to values tuned on one half of benchmarks/data/intent_eval.jsonl
+(the other half is reported untouched, see docs/benchmarks.md).
+
+Threads: the embedder's thread count is explicit (``MatcherConfig.threads``); numpy /
+scikit-learn BLAS pools are limited to the same count while training and matching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import yaml
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from babeldesk.errors import ConfigError
+from babeldesk.support.embed import (
+    Embedder,
+    EmbedderKind,
+    default_cache_dir,
+    embed_cached,
+    make_embedder,
+)
+from babeldesk.support.kb import KnowledgeBase
+from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams, collect
+
+log = logging.getLogger(__name__)
+
+OUT_OF_SCOPE = "out_of_scope"  # the extra class label; never a KB intent id
+OOS_KINDS = ("off_topic", "uncovered_shop", "near_miss")
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    embedder: EmbedderKind = EmbedderKind.E5
+    threads: int = 1  # embedder + BLAS threads
+    # Accept the best intent when P(intent) >= accept_threshold (and > P(out_of_scope)).
+    accept_threshold: float = 0.45
+    # With a verifier: P >= verify_high is accepted without asking, P < verify_low is
+    # rejected without asking, anything between is the verifier's call.
+    verify_low: float = 0.15
+    verify_high: float = 0.80
+    top_k: int = 3  # candidates returned, and shown to the verifier
+    embedding_weight: float = 2.0  # scale of the (unit-norm) embedding vs the TF-IDF block
+    c: float = 10.0  # inverse L2 regularisation of the logistic regression
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
+    verifier_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ConfigError("matcher.threads", "must be >= 1")
+        for key in ("accept_threshold", "verify_low", "verify_high"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"matcher.{key}", "must be in [0, 1]")
+        if self.verify_low > self.verify_high:
+            raise ConfigError("matcher.verify_low", "must be <= matcher.verify_high")
+        if self.top_k < 1:
+            raise ConfigError("matcher.top_k", "must be >= 1")
+        if self.c <= 0 or self.embedding_weight < 0:
+            raise ConfigError("matcher.c", "c must be > 0 and embedding_weight >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    intent_id: str
+    probability: float  # the classifier's P(intent | message), 0..1
+    description: str  # the KB's one-line English description, shown to a verifier
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    intent: str | None  # a KB intent id, or None: out of scope / not sure enough
+    confidence: float  # P(intent) when matched; P(best intent) otherwise
+    candidates: tuple[Candidate, ...]  # top-k intents, best first (never out_of_scope)
+    out_of_scope: float  # P(out_of_scope)
+    verified: bool = False  # the verifier decided this one
+
+
+# (message, top-k candidates) -> a candidate's intent id, or None for "none of these".
+Verifier = Callable[[str, Sequence[Candidate]], Awaitable[str | None]]
+
+
+_DIGITS = re.compile(r"\d+")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """NFKC, case-folded, digits dropped, spaces collapsed. Order numbers carry no
+    intent, and a placeholder for them made "order 48213" look like "17 times 23"."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _DIGITS.sub(" ", text)).strip()
+
+
+def load_out_of_scope(path: Path | None = None) -> dict[str, list[str]]:
+    """The out-of-scope training examples, {kind: [messages]} (all languages merged)."""
+    if path is None:
+        raw = resources.files("babeldesk").joinpath("data", "out_of_scope.yaml").read_text("utf-8")
+        where = "out_of_scope.yaml"
+    else:
+        raw = Path(path).read_text(encoding="utf-8")
+        where = str(path)
+    data = yaml.safe_load(raw)
+    if not isinstance(data, dict):
+        raise ConfigError(where, "must be a mapping of kind -> {language: [messages]}")
+    out: dict[str, list[str]] = {}
+    for kind, per_lang in data.items():
+        if not isinstance(per_lang, dict):
+            raise ConfigError(f"{where}: {kind}", "must map language codes to lists")
+        texts = out.setdefault(str(kind), [])
+        for lang, items in per_lang.items():
+            if not isinstance(items, list) or not all(isinstance(t, str) and t for t in items):
+                raise ConfigError(f"{where}: {kind}.{lang}", "must be a list of strings")
+            texts.extend(items)
+    return out
+
+
+class IntentMatcher:
+    """A trained intent classifier with an explicit out-of-scope class. Build with
+    ``IntentMatcher.train`` or ``IntentMatcher.from_kb``; matching is thread-safe
+    (read-only after training)."""
+
+    def __init__(
+        self,
+        config: MatcherConfig,
+        labels: tuple[str, ...],
+        descriptions: Mapping[str, str],
+        vectorizer: TfidfVectorizer,
+        classifier: LogisticRegression,
+        embedder: Embedder | None,
+    ) -> None:
+        self.config = config
+        self.labels = labels  # classifier column order; includes OUT_OF_SCOPE
+        self.descriptions = dict(descriptions)
+        self._vectorizer = vectorizer
+        self._classifier = classifier
+        self._embedder = embedder
+        self._oos_col = labels.index(OUT_OF_SCOPE)
+
+    @classmethod
+    def train(
+        cls,
+        examples: Iterable[tuple[str, str]],
+        negatives: Iterable[str],
+        descriptions: Mapping[str, str],
+        config: MatcherConfig | None = None,
+        embedder: Embedder | None = None,
+    ) -> IntentMatcher:
+        """examples: (intent_id, question) pairs; negatives: out-of-scope messages.
+        ``embedder`` overrides ``config.embedder`` (to share one loaded model)."""
+        config = config or MatcherConfig()
+        pairs = [(label, text) for label, text in examples]
+        pairs += [(OUT_OF_SCOPE, text) for text in negatives]
+        if len({label for label, _ in pairs if label != OUT_OF_SCOPE}) < 1:
+            raise ConfigError("matcher", "needs examples of at least one intent")
+        if not any(label == OUT_OF_SCOPE for label, _ in pairs):
+            raise ConfigError("matcher", "needs out-of-scope examples")
+        if embedder is None:
+            embedder = make_embedder(config.embedder, config.threads)
+        started = time.monotonic()
+        texts = [normalize(text) for _, text in pairs]
+        y = [label for label, _ in pairs]
+        with threadpool_limits(config.threads):
+            vectorizer = TfidfVectorizer(
+                analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1
+            )
+            x_chars = vectorizer.fit_transform(texts)
+            dense = None
+            if embedder is not None:
+                dense = embed_cached(embedder, texts, config.cache_dir)
+            x = _features(x_chars, dense, config.embedding_weight)
+            classifier = LogisticRegression(C=config.c, max_iter=2000, class_weight="balanced")
+            classifier.fit(x, y)
+        labels = tuple(str(label) for label in classifier.classes_)
+        log.info(
+            "intent matcher trained: %d examples, %d classes, %.1f s",
+            len(texts), len(labels), time.monotonic() - started,
+        )
+        return cls(config, labels, descriptions, vectorizer, classifier, embedder)
+
+    @classmethod
+    def from_kb(
+        cls,
+        kb: KnowledgeBase,
+        config: MatcherConfig | None = None,
+        negatives: Iterable[str] | None = None,
+        embedder: Embedder | None = None,
+    ) -> IntentMatcher:
+        """Train on every example of ``kb``; ``negatives`` default to the bundled
+        out-of-scope examples (all kinds)."""
+        if negatives is None:
+            negatives = [t for texts in load_out_of_scope().values() for t in texts]
+        descriptions = {i.id: i.description for i in kb.intents.values()}
+        examples = [(e.intent_id, e.text) for e in kb.examples()]
+        return cls.train(examples, negatives, descriptions, config, embedder)
+
+    # -- scoring -----------------------------------------------------------------------
+
+    def probabilities(self, messages: Sequence[str]) -> np.ndarray:
+        """messages -> float [n, len(self.labels)], rows sum to 1."""
+        texts = [normalize(m) for m in messages]
+        with threadpool_limits(self.config.threads):
+            x_chars = self._vectorizer.transform(texts)
+            dense = self._embedder.embed(texts) if self._embedder is not None else None
+            return self._classifier.predict_proba(
+                _features(x_chars, dense, self.config.embedding_weight)
+            )
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> Match:
+        """One row of ``probabilities`` -> Match, without a verifier."""
+        threshold = self.config.accept_threshold if threshold is None else threshold
+        candidates = self._candidates(probs)
+        best = candidates[0]
+        p_oos = float(probs[self._oos_col])
+        matched = best.probability >= threshold and best.probability > p_oos
+        return Match(best.intent_id if matched else None, best.probability, candidates, p_oos)
+
+    def match(self, message: str) -> Match:
+        return self.decide(self.probabilities([message])[0])
+
+    def match_many(self, messages: Sequence[str]) -> list[Match]:
+        return [self.decide(row) for row in self.probabilities(messages)]
+
+    async def amatch(self, message: str, verifier: Verifier | None = None) -> Match:
+        """Match ``message``; with a verifier, let it decide the unsure band. The
+        embedding runs in a worker thread so the event loop is not blocked."""
+        probs = (await asyncio.to_thread(self.probabilities, [message]))[0]
+        return await self.verify(message, self.decide(probs), verifier)
+
+    async def verify(self, message: str, match: Match, verifier: Verifier | None) -> Match:
+        """The decision around the verifier (pure apart from calling it):
+        P(best) >= verify_high -> accept; P(best) < verify_low -> none; otherwise ask.
+        The verifier's answer counts only when it names one of the candidates; a
+        verifier that fails or times out leaves the verifier-less decision in place."""
+        cfg = self.config
+        best = match.candidates[0]
+        if verifier is None or best.probability >= cfg.verify_high:
+            return match
+        if best.probability < cfg.verify_low:
+            return Match(None, best.probability, match.candidates, match.out_of_scope)
+        try:
+            chosen = await asyncio.wait_for(
+                verifier(message, match.candidates), cfg.verifier_timeout_s
+            )
+        except Exception as exc:  # noqa: BLE001 - any verifier failure falls back
+            log.warning("intent verifier failed (%s); keeping the classifier's decision", exc)
+            return match
+        by_id = {c.intent_id: c for c in match.candidates}
+        if chosen is None or chosen not in by_id:
+            return Match(None, best.probability, match.candidates, match.out_of_scope, True)
+        return Match(
+            chosen, by_id[chosen].probability, match.candidates, match.out_of_scope, True
+        )
+
+    def _candidates(self, probs: np.ndarray) -> tuple[Candidate, ...]:
+        order = [int(i) for i in np.argsort(-probs) if int(i) != self._oos_col]
+        return tuple(
+            Candidate(self.labels[i], float(probs[i]), self.descriptions.get(self.labels[i], ""))
+            for i in order[: self.config.top_k]
+        )
+
+
+_VERIFY_SYSTEM = (
+    "You sort customer-service messages for an online shop. "
+    "Reply with one number and nothing else."
+)
+
+
+def verifier_prompt(message: str, candidates: Sequence[Candidate]) -> list[ChatMessage]:
+    """The verifier's chat: numbered candidate descriptions, 0 for none of them."""
+    options = "\n".join(f"{i}. {c.description}" for i, c in enumerate(candidates, 1))
+    user = (
+        f"Customer message: \"{message.strip()[:500]}\"\n\n"
+        f"What does the customer want?\n{options}\n"
+        "0. None of these (thanks, small talk, or anything else)\n\n"
+        "Answer with the number only."
+    )
+    return [ChatMessage("system", _VERIFY_SYSTEM), ChatMessage("user", user)]
+
+
+def parse_verifier_answer(text: str, candidates: Sequence[Candidate]) -> str | None:
+    """The model's reply -> the chosen intent id, or None (0, out of range, no number)."""
+    found = re.search(r"\d+", text)
+    if found is None:
+        return None
+    k = int(found.group())
+    return candidates[k - 1].intent_id if 1 <= k <= len(candidates) else None
+
+
+def llm_verifier(model: ChatModel, max_tokens: int = 4) -> Verifier:
+    """A Verifier backed by a chat model (the in-process engine or the fleet client):
+    greedy, a few tokens, the answer parsed by ``parse_verifier_answer``."""
+
+    async def verify(message: str, candidates: Sequence[Candidate]) -> str | None:
+        request = ChatRequest(
+            verifier_prompt(message, candidates),
+            SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        )
+        completion = await collect(model.stream_chat(request))
+        return parse_verifier_answer(completion.text, candidates)
+
+    return verify
+
+
+def _features(x_chars: sparse.spmatrix, dense: np.ndarray | None, weight: float) -> sparse.csr_matrix:
+    """[n, vocab] TF-IDF (+ [n, dim] embedding * weight) -> one sparse matrix."""
+    if dense is None or weight == 0:
+        return sparse.csr_matrix(x_chars)
+    return sparse.hstack([x_chars, sparse.csr_matrix(dense * weight)], format="csr")
