@@ -43,6 +43,10 @@ def prompts_for(be: TransformersBackend, n: int) -> list[list[int]]:
             for _, q in (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]]
 
 
+def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
+    return next((ids[:i] for i, t in enumerate(ids) if t in eos), ids)
+
+
 def run_batch(be: TransformersBackend, prompts: list[list[int]], new_tokens: int) -> dict:
     """Prefill every prompt in one step, then decode; returns seconds and tokens."""
     c0, t0 = time.process_time(), time.perf_counter()
@@ -71,7 +75,8 @@ def run_batch(be: TransformersBackend, prompts: list[list[int]], new_tokens: int
         "total_tok_s": round(b * new_tokens / (t2 - t0), 1),
         "cpu_s": round(c2 - c0, 3),  # process CPU time: wall >> cpu * threads means contention
         "cpu_tok_s": round(b * new_tokens / (c2 - c0), 1),  # tokens per CPU-second
-        "sample": be.tokenizer.decode(first_answer, skip_special_tokens=True),
+        "sample": be.tokenizer.decode(_until_eos(first_answer, be.eos_token_ids),
+                                      skip_special_tokens=True),
     }
 
 
@@ -80,12 +85,12 @@ def run_generate_batch(be: TransformersBackend, prompts: list[list[int]], new_to
 
     cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False,
                            eos_token_id=-1, pad_token_id=be.tokenizer.pad_token_id or 0)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = be.model.generate_batch(inputs=prompts, generation_config=cfg, warmup=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     tokens = sum(len(o.generated_tokens) for o in out.values())
-    return {"batch": len(prompts), "generate_batch_tok_s": round(tokens / dt, 1),
-            "seconds": round(dt, 3), "tokens": tokens}
+    return {"generate_batch_tok_s": round(tokens / dt, 1), "generate_batch_s": round(dt, 3),
+            "generate_batch_cpu_tok_s": round(tokens / cpu, 1), "generate_batch_tokens": tokens}
 
 
 def main() -> None:
