@@ -22,6 +22,7 @@ first byte), broken_stream (after it), cancelled (the caller went away).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -47,6 +48,11 @@ from babeldesk.types import ChatRequest, TextDelta, Usage
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+
+# The upstreams that answered the model calls of the current request, in order: a caller
+# (the gateway, per support message) sets a fresh list; ``Fleet.request`` appends to it.
+upstreams_used: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "babeldesk_upstreams_used", default=None)
 
 
 @dataclass
@@ -243,8 +249,12 @@ class Fleet:
                 why += "; retry budget exhausted"
                 break
             try:
-                return await self._attempt(up, permit, method, path, payload, streaming,
-                                           session_id, min(cfg.first_byte_timeout_s, remaining))
+                reply = await self._attempt(up, permit, method, path, payload, streaming,
+                                            session_id, min(cfg.first_byte_timeout_s, remaining))
+                used = upstreams_used.get()
+                if used is not None:
+                    used.append(up.name)
+                return reply
             except _Failed as exc:
                 why = f"{up.name}: {exc.message}"
                 fallback = exc.reply or fallback
