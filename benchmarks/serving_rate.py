@@ -1,0 +1,363 @@
+"""Support serving rate (issue 3): the highest open-loop request rate at which p99 stays
+<= 20 ms, side by side in one run, for
+
+  ceiling   a minimal FastAPI app returning a canned JSON (benchmarks/ceiling_app.py)
+  cache     ``babeldesk serve``: repeated first messages, answered from the answer cache
+  kb        ``babeldesk serve``: new messages in several languages, answered from the
+            knowledge base (language detection + intent matcher on every one)
+
+Each server is one process pinned to ``--server-cpu`` (one uvicorn worker); this script,
+the load generator (serving_rate_load.py), is pinned to ``--generator-cpu``. The rates
+are searched per target by doubling, then bisection, with the targets' trials
+interleaved (one trial per target per round), so a change in the machine's load hits
+all three alike. Per core: the server process's CPU time per answered request, from
+/proc (user + system, all its threads), and the requests one CPU-second serves.
+
+    python benchmarks/serving_rate.py                       # the documented run
+    python benchmarks/serving_rate.py --sessions memory     # + serve with memory:// sessions
+    python benchmarks/serving_rate.py --targets ceiling --duration 1 --max-trials 2  # smoke
+    python benchmarks/serving_rate.py --plot-only           # PNG from the JSON
+
+Writes benchmarks/results/serving_rate.json and docs/img/serving_rate.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import serving_rate_messages as messages
+from serving_rate_load import TrialResult, run_trial
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_JSON = REPO / "benchmarks" / "results" / "serving_rate.json"
+OUT_PNG = REPO / "docs" / "img" / "serving_rate.png"
+PATH = "/v1/support/messages"
+CACHE_MESSAGES = 48  # distinct messages repeated by the cache target
+START_RATE = {"ceiling": 1000.0, "cache": 500.0, "kb": 20.0}  # requests/s, first trial
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    name: str
+    args: list[str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far (all threads)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
+
+
+@dataclass
+class Search:
+    """Doubling until a trial misses the SLO, then bisection (geometric midpoint)."""
+
+    target: str
+    server: Server
+    bodies: Iterator[bytes]
+    rate: float
+    lo: float = 0.0  # highest rate that met the SLO
+    hi: float = math.inf  # lowest rate that missed it
+    trials: list[dict[str, object]] = field(default_factory=list)
+
+    def done(self, precision: float, min_rate: float, max_trials: int) -> bool:
+        return (len(self.trials) >= max_trials or (self.lo > 0 and self.hi <= self.lo * (1 + precision))
+                or (self.lo == 0 and self.hi <= min_rate))
+
+    def record(self, result: TrialResult, slo_ms: float) -> None:
+        if result.meets(slo_ms):
+            self.lo = max(self.lo, result.rate)
+        else:
+            self.hi = min(self.hi, result.rate)
+        if self.hi == math.inf:
+            self.rate = self.lo * 2
+        elif self.lo == 0:
+            self.rate = self.hi / 2
+        else:
+            self.rate = math.sqrt(self.lo * self.hi)
+
+
+def start(server: Server, cpu: int | None, log_dir: Path) -> None:
+    cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + server.args
+    log = open(log_dir / f"{server.name}.log", "wb")  # noqa: SIM115 - lives with the process
+    server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def wait_ready(server: Server, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.proc is not None
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.name} exited with {server.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{server.name} not ready after {timeout_s:.0f} s")
+
+
+def post(port: int, body: bytes) -> dict[str, object]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_args(port: int, sessions: str, extra: list[str]) -> list[str]:
+    return [str(Path(sys.executable).parent / "babeldesk"), "serve", "--port", str(port),
+            "--threads", "1", "--sessions", sessions, *extra]
+
+
+async def search_all(searches: list[Search], args: argparse.Namespace) -> None:
+    """Round robin: one trial per unfinished target per round."""
+    while True:
+        live = [s for s in searches if not s.done(args.precision, args.min_rate, args.max_trials)]
+        if not live:
+            return
+        for s in live:
+            total = max(1, round(s.rate * (args.warmup + args.duration)))
+            bodies = list(itertools.islice(s.bodies, total))
+            cpu0 = s.server.cpu_s()
+            result = await run_trial("127.0.0.1", s.server.port, PATH, bodies, s.rate,
+                                     args.duration, args.warmup, args.connections,
+                                     timeout_s=args.timeout, slo_ms=args.slo_ms)
+            cpu = s.server.cpu_s() - cpu0
+            row = asdict(result)
+            row["server_cpu_ms_per_request"] = (1000 * cpu / result.answered
+                                                if result.answered else None)
+            row["meets_slo"] = result.meets(args.slo_ms)
+            row["load_avg_1m"] = os.getloadavg()[0]
+            s.trials.append(row)
+            print(f"{s.target:>14} {result.rate:9.1f}/s p50 {result.p50_ms:8.2f} p99 "
+                  f"{result.p99_ms:9.2f} ms ok {result.ok}/{result.measured}"
+                  f"{' stopped' if result.stopped_early else ''} sources {result.sources} "
+                  f"server {row['server_cpu_ms_per_request'] or 0:.3f} ms CPU/req, "
+                  f"gen {result.generator_cpu:.2f} core, lag p99 {result.send_lag_p99_ms:.1f} ms",
+                  flush=True)
+            s.record(result, args.slo_ms)
+            await asyncio.sleep(args.pause)
+            settle(s.server)
+
+
+def settle(server: Server, idle_cpu: float = 0.05, limit_s: float = 30.0) -> None:
+    """Wait until the server is idle (< ``idle_cpu`` of a core over 0.2 s): a trial stopped
+    early leaves up to ``--connections`` requests being processed."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = server.cpu_s()
+        time.sleep(0.2)
+        if server.cpu_s() - before < idle_cpu * 0.2:
+            return
+
+
+def summary(s: Search, ceiling: float | None) -> dict[str, object]:
+    best = max((t for t in s.trials if t["meets_slo"]), key=lambda t: t["rate"], default=None)
+    cpu_ms = [t["server_cpu_ms_per_request"] for t in s.trials
+              if t["server_cpu_ms_per_request"] and t["answered"] >= 200]
+    out: dict[str, object] = {
+        "target": s.target, "max_rate_at_slo": s.lo, "first_miss": None if s.hi == math.inf else s.hi,
+        "p99_ms_at_max": best["p99_ms"] if best else None,
+        # per core: the median over trials of the server's CPU time per answered request
+        "server_cpu_ms_per_request": sorted(cpu_ms)[len(cpu_ms) // 2] if cpu_ms else None,
+    }
+    cpu = out["server_cpu_ms_per_request"]
+    out["requests_per_cpu_second"] = 1000 / cpu if cpu else None  # type: ignore[operator]
+    out["share_of_ceiling"] = s.lo / ceiling if ceiling else None
+    return out
+
+
+def plot(data: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slo = float(data["slo_ms"])  # type: ignore[arg-type]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for target, trials in data["trials"].items():  # type: ignore[union-attr]
+        pts = sorted((t["rate"], min(t["p99_ms"] or math.inf, 5000.0)) for t in trials)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=target)
+    ax1.axhline(slo, color="grey", ls="--", label=f"SLO p99 {slo:g} ms")
+    ax1.set(xscale="log", yscale="log", xlabel="offered rate, requests/s (open loop)",
+            ylabel="p99 latency, ms (capped at 5 s)", title="p99 per trial")
+    ax1.legend(fontsize=8)
+    rows = data["summary"]  # type: ignore[index]
+    names = [r["target"] for r in rows]  # type: ignore[index]
+    rates = [r["max_rate_at_slo"] for r in rows]  # type: ignore[index]
+    bars = ax2.bar(names, rates, color="tab:blue")
+    for bar, r in zip(bars, rows):  # type: ignore[arg-type]
+        share = r["share_of_ceiling"]
+        ax2.annotate(f"{r['max_rate_at_slo']:.0f}/s" + (f"\n{share:.0%}" if share is not None else ""),
+                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                     va="bottom", fontsize=8)
+    ax2.set(ylabel="requests/s with p99 <= SLO, one core",
+            title=f"highest rate at p99 <= {slo:g} ms (load avg {data['load_avg_1m_start']:.1f})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def markdown(data: dict[str, object]) -> str:
+    lines = ["| target | max rate at p99 <= %g ms | share of ceiling | server CPU per request "
+             "| requests per CPU-second |" % data["slo_ms"], "|---|---:|---:|---:|---:|"]
+    for r in data["summary"]:  # type: ignore[union-attr]
+        share = "" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.1%}"
+        cpu = r["server_cpu_ms_per_request"]
+        lines.append(f"| {r['target']} | {r['max_rate_at_slo']:.0f}/s | {share} | "
+                     f"{'' if cpu is None else f'{cpu:.3f} ms'} | "
+                     f"{'' if cpu is None else f'{1000 / cpu:.0f}'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--targets", default="ceiling,cache,kb")
+    p.add_argument("--sessions", default="sqlite", help="sqlite (the default store) and/or "
+                   "memory, comma-separated: one serve process each")
+    p.add_argument("--slo-ms", type=float, default=20.0)
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per trial")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds per trial not measured")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=10.0, help="wait for stragglers, seconds")
+    p.add_argument("--precision", type=float, default=0.05, help="stop when hi/lo <= 1 + this")
+    p.add_argument("--min-rate", type=float, default=2.0)
+    p.add_argument("--max-trials", type=int, default=12, help="per target")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between trials")
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--generator-cpu", type=int, default=1)
+    p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--serve-arg", action="append", default=[], help="extra serve argument")
+    p.add_argument("--out", type=Path, default=OUT_JSON)
+    p.add_argument("--png", type=Path, default=OUT_PNG)
+    p.add_argument("--plot-only", action="store_true")
+    args = p.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.png)
+        return 0
+    targets = args.targets.split(",")
+    server_cpu = None if args.no_pin else args.server_cpu
+    if not args.no_pin:
+        os.sched_setaffinity(0, {args.generator_cpu})
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    load_start = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="serving_rate_"))
+    servers: dict[str, Server] = {}
+    if "ceiling" in targets:
+        port = free_port()
+        servers["ceiling"] = Server("ceiling", [sys.executable, str(REPO / "benchmarks" / "ceiling_app.py"),
+                                                "--port", str(port)], port)
+    variants = [v for v in args.sessions.split(",") if v]
+    if any(t != "ceiling" for t in targets):
+        for v in variants:
+            port = free_port()
+            url = f"sqlite:///{tmp}/sessions.db" if v == "sqlite" else "memory://"
+            servers[f"serve-{v}"] = Server(f"serve-{v}", serve_args(port, url, args.serve_arg), port)
+    try:
+        for s in servers.values():
+            start(s, server_cpu, tmp)
+        for s in servers.values():
+            wait_ready(s, 300)
+        searches: list[Search] = []
+        kept: list[messages.Skeleton] = []
+        rejected = 0
+        if any(t != "ceiling" for t in targets):
+            kept, rejected = messages.screen(messages.skeletons())
+            print(f"message templates answered by the KB without the verifier: {len(kept)} "
+                  f"(rejected {rejected})", flush=True)
+        if "ceiling" in targets:
+            body = messages.body("Where is my order?")
+            searches.append(Search("ceiling", servers["ceiling"], itertools.repeat(body),
+                                   START_RATE["ceiling"]))
+        for k, v in enumerate(variants):
+            server = servers.get(f"serve-{v}")
+            suffix = "" if v == "sqlite" else f"@{v}"
+            if server is None:
+                continue
+            if "cache" in targets:
+                fixed = [messages.body(m) for m in
+                         itertools.islice(messages.stream(kept, seed=1000 + k), CACHE_MESSAGES)]
+                for b in fixed:  # the first time: matcher + KB; stored in the answer cache
+                    post(server.port, b)
+                assert all(post(server.port, b)["source"] == "cache" for b in fixed[:3])
+                searches.append(Search("cache" + suffix, server, itertools.cycle(fixed),
+                                       START_RATE["cache"]))
+            if "kb" in targets:
+                fresh = (messages.body(m) for m in messages.stream(kept, seed=k))
+                searches.append(Search("kb" + suffix, server, fresh, START_RATE["kb"]))
+        asyncio.run(search_all(searches, args))
+    finally:
+        for s in servers.values():
+            if s.proc is not None:
+                s.proc.terminate()
+                try:
+                    s.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
+    ceiling = next((s.lo for s in searches if s.target == "ceiling"), None)
+    data: dict[str, object] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "slo_ms": args.slo_ms, "duration_s": args.duration, "warmup_s": args.warmup,
+        "connections": args.connections, "pinned": not args.no_pin,
+        "server_cpu": server_cpu, "generator_cpu": args.generator_cpu,
+        "load_avg_1m_start": load_start, "load_avg_1m_end": os.getloadavg()[0],
+        "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
+        "kb_templates_kept": len(kept), "kb_templates_rejected": rejected,
+        "summary": [summary(s, ceiling) for s in searches],
+        "trials": {s.target: s.trials for s in searches},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
+    plot(data, args.png)
+    print(markdown(data))
+    return 0
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def _finite(value: object) -> object:
+    """inf / nan (a p99 with failed requests) -> None, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
