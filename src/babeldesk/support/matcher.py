@@ -64,14 +64,14 @@ class MatcherConfig:
     embedder: EmbedderKind = EmbedderKind.E5
     threads: int = 1  # embedder + BLAS threads
     # Accept the best intent when P(intent) >= accept_threshold (and > P(out_of_scope)).
-    accept_threshold: float = 0.45
+    accept_threshold: float = 0.40
     # With a verifier: P >= verify_high is accepted without asking, P < verify_low is
     # rejected without asking, anything between is the verifier's call.
     verify_low: float = 0.15
     verify_high: float = 0.80
     top_k: int = 3  # candidates returned, and shown to the verifier
-    embedding_weight: float = 2.0  # scale of the (unit-norm) embedding vs the TF-IDF block
-    c: float = 10.0  # inverse L2 regularisation of the logistic regression
+    embedding_weight: float = 1.5  # scale of the (unit-norm) embedding vs the TF-IDF block
+    c: float = 50.0  # inverse L2 regularisation of the logistic regression
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
     verifier_timeout_s: float = 10.0
 
@@ -190,7 +190,7 @@ class IntentMatcher:
         y = [label for label, _ in pairs]
         with threadpool_limits(config.threads):
             vectorizer = TfidfVectorizer(
-                analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1
+                analyzer="char", ngram_range=(1, 4), sublinear_tf=True, min_df=1
             )
             x_chars = vectorizer.fit_transform(texts)
             dense = None
