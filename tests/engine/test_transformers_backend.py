@@ -375,3 +375,45 @@ def test_engine_splits_the_batch_when_the_memory_cap_is_hit(
     assert refused["n"] >= 1
     for a, b in zip(alone, together):
         assert a.text and a.text == b.text and a.finish_reason == b.finish_reason
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def test_dtype_choice() -> None:
+    from babeldesk.engine.backends.transformers import cpu_supports_bf16, pick_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto_cpu = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    assert pick_dtype(DType.AUTO, cpu, Quantization.NONE) == auto_cpu
+    assert pick_dtype(DType.AUTO, cuda, Quantization.NONE) == torch.float16
+    assert pick_dtype(DType.BFLOAT16, cuda, Quantization.INT8) == torch.bfloat16
+    # CPU dynamic int8 computes around its int8 linears in float32, whatever was asked
+    assert pick_dtype(DType.BFLOAT16, cpu, Quantization.INT8) == torch.float32
+    assert pick_dtype(DType.FLOAT16, cpu, Quantization.NONE) == torch.float16
+
+
+def test_cuda_int8_without_torchao_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from babeldesk.engine.backends.transformers import quantize_int8
+    from babeldesk.errors import ModelLoadError
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import fails, as when not installed
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(ModelLoadError, match=r"babeldesk\[gpu\]"):
+        quantize_int8(torch.nn.Linear(4, 4), torch.device("cuda"))
+
+
+def test_cuda_device_without_cuda_is_a_load_error() -> None:
+    from babeldesk.engine.backends.transformers import pick_device
+    from babeldesk.errors import ModelLoadError
+
+    assert pick_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "mps"):
+        with pytest.raises(ModelLoadError, match="use auto, cpu, cuda or cuda:N"):
+            pick_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            pick_device("cuda:0")
+        assert pick_device("auto") == torch.device("cpu")

@@ -54,7 +54,10 @@ CHATML_TEMPLATE = (
 def pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
+    try:
+        device = torch.device(setting)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"engine.device {setting!r}: use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"engine.device is {setting!r} but CUDA is not available")
     if device.type not in ("cpu", "cuda"):
