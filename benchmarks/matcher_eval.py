@@ -28,10 +28,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -140,10 +141,12 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
     test, full = results["test"], results["all"]
     lines = [
         f"Run {meta['date']} on {meta['machine']}, command: `{meta['command']}`",
-        f"KB {meta['kb_version']}: {meta['kb_examples']} examples, {meta['intents']} intents;"
-        f" {meta['negatives']} out-of-scope training examples; eval lines duplicating a KB"
-        f" example: {meta['eval_kb_overlap']}. Training {meta['train_s']:.1f} s"
-        f" (embeddings {'cached' if meta['cache_hit'] else 'computed'}).",
+        (
+            f"KB {meta['kb_version']}: {meta['kb_examples']} examples, {meta['intents']} intents;"
+            f" {meta['negatives']} out-of-scope training examples; eval lines duplicating a KB"
+            f" example: {meta['eval_kb_overlap']}. Training {meta['train_s']:.1f} s"
+            f" (embeddings {'cached' if meta['cache_hit'] else 'computed'})."
+        ),
         "",
         "| | test half (untouched) | whole set |",
         "|---|---|---|",
@@ -167,8 +170,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
         "Remaining confusions (whole set, expected -> got, count): "
         + "; ".join(f"{a} -> {b} ({n})" for (a, b), n in full["confusions"][:15]),
         "",
-        f"Matcher latency per message (one message per call, {meta['latency']['n']} messages):"
-        f" p50 {meta['latency']['p50_ms']:.1f} ms, p99 {meta['latency']['p99_ms']:.1f} ms.",
+        (
+            f"Matcher latency per message (one message per call, {meta['latency']['n']} messages):"
+            f" p50 {meta['latency']['p50_ms']:.1f} ms, p99 {meta['latency']['p99_ms']:.1f} ms."
+        ),
     ]
     if args.show_errors:  # tune half only: the test half stays unseen while tuning
         tuned = results["tune"]
@@ -228,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     covered_texts = [r["text"] for r in rows]
     meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {_cpu_name()}, {args.threads} thread(s)",
         "command": "python benchmarks/matcher_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "kb_version": kb.version,

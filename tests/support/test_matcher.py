@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ from babeldesk.support.matcher import (
 from babeldesk.types import ChatRequest, TextDelta, Usage
 
 EVAL_SET = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "intent_eval.jsonl"
-LANGS = "en zh es fr de pt it ja ko ar ru hi he vi sv el ro cs nl pl tr id th uk".split()
+LANGS = ["en", "zh", "es", "fr", "de", "pt", "it", "ja", "ko", "ar", "ru", "hi", "he", "vi", "sv", "el", "ro", "cs", "nl", "pl", "tr", "id", "th", "uk"]
 
 # A tiny shop, enough for the character n-gram matcher (no embedder) to separate intents.
 EXAMPLES = [

@@ -30,10 +30,10 @@ import logging
 import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import yaml
