@@ -381,7 +381,7 @@ def test_engine_splits_the_batch_when_the_memory_cap_is_hit(
 
 
 def test_dtype_choice() -> None:
-    from babeldesk.engine.backends.transformers import cpu_supports_bf16, pick_dtype
+    from babeldesk.engine.backends.hf_setup import cpu_supports_bf16, pick_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto_cpu = torch.bfloat16 if cpu_supports_bf16() else torch.float32
@@ -396,7 +396,7 @@ def test_dtype_choice() -> None:
 def test_cuda_int8_without_torchao_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from babeldesk.engine.backends.transformers import quantize_int8
+    from babeldesk.engine.backends.hf_setup import quantize_int8
     from babeldesk.errors import ModelLoadError
 
     monkeypatch.setitem(sys.modules, "torchao", None)  # import fails, as when not installed
@@ -406,7 +406,7 @@ def test_cuda_int8_without_torchao_names_the_extra(monkeypatch: pytest.MonkeyPat
 
 
 def test_cuda_device_without_cuda_is_a_load_error() -> None:
-    from babeldesk.engine.backends.transformers import pick_device
+    from babeldesk.engine.backends.hf_setup import pick_device
     from babeldesk.errors import ModelLoadError
 
     assert pick_device("cpu") == torch.device("cpu")

@@ -7,34 +7,34 @@ after its last chunk, concatenated into the batch (the shorter side padded on th
 A released row is dropped at the next step, together with leading columns that are
 padding for every remaining row.
 
-Every forward pass of a step runs on *shadow* caches: new ``DynamicCache`` objects that
-share the committed tensors (``DynamicLayer.update`` concatenates, it never writes in
-place). Only when every forward of the step has succeeded are the results committed, so
-an out-of-memory error leaves every slot exactly as it was.
+Every forward pass of a step runs on *shadow* caches: ``DynamicCache`` objects whose
+layers write new tokens past the committed columns (or into new buffers), never into
+them. Only when every forward of the step has succeeded is anything committed, so an
+out-of-memory error leaves every slot exactly as it was.
 
-transformers' own continuous-batching manager (``generate_batch``) owns its scheduling,
-sampling and stopping, so it cannot serve the scheduler's step contract; see
-benchmarks/transformers_backend.py for the measurements that compare the two.
+Measured and rejected (docs/benchmarks.md): transformers' own continuous-batching
+manager (``generate_batch``) made 10x fewer tokens per CPU-second on this CPU and owns
+scheduling, sampling and stopping, so it cannot serve the step contract; prefilling
+several joiners in one left-padded forward took as long as one forward each (the
+padding costs what the bigger matmuls save), so each joiner gets its own.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from babeldesk.config import DType, EngineConfig, Quantization
-from babeldesk.engine.backends import hf_convert
+from babeldesk.config import EngineConfig
 from babeldesk.engine.backends.base import Backend, PrefillChunk, StepInput, TokenDecoder
-from babeldesk.engine.models import ModelSource, SourceKind
+from babeldesk.engine.backends.hf_setup import load_model, module_bytes
+from babeldesk.engine.models import ModelSource
 from babeldesk.errors import GenerationFailed, ModelLoadError, OutOfMemory
 from babeldesk.types import ChatMessage
 
@@ -43,106 +43,6 @@ log = logging.getLogger(__name__)
 # per layer: key and value buffers [rows, kv_heads, capacity, head_dim]; the columns in use
 # are counted beside them (the mask width, or the slot's length); later columns are junk
 KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-# Used only when a tokenizer ships no chat template (base models).
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"engine.device {setting!r}: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"engine.device is {setting!r} but CUDA is not available")
-    if device.type not in ("cpu", "cuda"):
-        raise ModelLoadError(f"engine.device {setting!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def pick_dtype(setting: DType, device: torch.device, quantization: Quantization) -> torch.dtype:
-    """auto: float16 on CUDA, bfloat16 on a CPU with native bf16 support, else float32.
-    CPU int8 (dynamic quantization) computes around its int8 matmuls in float32."""
-    if device.type == "cpu" and quantization is Quantization.INT8:
-        if setting not in (DType.AUTO, DType.FLOAT32):
-            log.warning("CPU int8 runs in float32 around the int8 linears; ignoring dtype=%s",
-                        setting.value)
-        return torch.float32
-    if setting is DType.AUTO:
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
-    return {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16,
-            DType.FLOAT16: torch.float16}[setting]
-
-
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # only settable once, before any inter-op work
-        pass
-
-
-def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """CPU: torch's dynamic int8 on every ``nn.Linear``: weights int8 with one scale per
-    output channel, activations quantized per call with one scale for the whole input.
-    Per-channel rather than the default per-tensor weights: on qwen2.5-0.5b per-tensor
-    answered a Chinese question in English and cut answers short, per-channel did not,
-    at the same speed (benchmarks/transformers_backend.py). CUDA: torchao int8
-    weight-only (the ``gpu`` extra)."""
-    if device.type == "cpu":
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        # Deprecated in torch 2.13 in favour of torchao, whose CPU int8 kernels are not
-        # faster here; it still works, so the deprecation notices are silenced.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                    dtype=torch.qint8, inplace=True)
-    try:
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
-    except ImportError as exc:
-        raise ModelLoadError(
-            "quantization=int8 on CUDA needs torchao: pip install 'babeldesk[gpu]'") from exc
-    quantize_(model, Int8WeightOnlyConfig())
-    return model
-
-
-def module_bytes(model: torch.nn.Module) -> int:
-    """Parameters + buffers (tied tensors counted once) + int8 packed linear weights."""
-    seen: set[int] = set()
-    total = 0
-    tensors = list(model.parameters()) + list(model.buffers())
-    for module in model.modules():
-        packed = getattr(module, "_packed_params", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            for t in packed._weight_bias():
-                if t is None:
-                    continue
-                tensors.append(t)
-                if t.is_quantized and t.qscheme() == torch.per_channel_affine:
-                    tensors += [t.q_per_channel_scales(), t.q_per_channel_zero_points()]
-    for t in tensors:
-        key = t.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
 
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
@@ -231,8 +131,8 @@ class _Pending:
     """A committed-on-success change to one slot, built during a step."""
 
     slot: int
-    kv: KV  # the joiner's own cache after its chunk: [1, kv_heads, len, head_dim]
-    length: int  # tokens now cached
+    kv: KV  # the joiner's own buffers after its chunk: [1, kv_heads, capacity, head_dim]
+    length: int  # tokens now cached (columns in use)
     last: bool
 
 
@@ -241,22 +141,8 @@ class TransformersBackend(Backend):
 
     def __init__(self, source: ModelSource, config: EngineConfig) -> None:
         self.config = config
-        set_threads(config.threads)
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device, config.quantization)
-        folder = self._weights_folder(source)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"cannot load {source.reference!r}: {exc}") from exc
-        model.to(self.device).eval()
-        if config.quantization is Quantization.INT8:
-            model = quantize_int8(model, self.device)
+        self.tokenizer, model, self.device, self.dtype = load_model(source, config)
         self.model: Any = model
-        if not getattr(self.tokenizer, "chat_template", None):
-            log.warning("%s has no chat template; using ChatML", source.reference)
-            self.tokenizer.chat_template = CHATML_TEMPLATE
         text = model.config.get_text_config()
         self._text_config = text
         layers = DynamicCache(config=model.config).layers
@@ -283,14 +169,6 @@ class TransformersBackend(Backend):
         self._mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)  # [rows, columns]
         self._partial: dict[int, KV] = {}  # joiners mid-prefill, batch 1, no padding
         self._lens: dict[int, int] = {}  # slot -> tokens cached (running and partial)
-
-    @staticmethod
-    def _weights_folder(source: ModelSource) -> str:
-        if source.kind is SourceKind.GGUF:
-            return str(hf_convert.ensure_converted(source))
-        if source.kind is SourceKind.HF_FOLDER:
-            return str(Path(source.path))
-        return str(source.path)  # hub id: from_pretrained downloads it (online users)
 
     # --- contract: tokens ----------------------------------------------------------------
 
