@@ -55,8 +55,8 @@ def measure(path: str, threads: int, batch: int, unified: bool, steps: int) -> d
             raise RuntimeError("llama_decode failed")
         return time.perf_counter() - t
 
-    for s in range(batch):  # prefill, in chunks that fit the batch
-        decode([(100 + (j % 50), j, s) for j in range(PROMPT_TOKENS)])
+    prefill = [decode([(100 + (j % 50), j, s) for j in range(PROMPT_TOKENS)])
+               for s in range(batch)]  # one sequence's prompt per call, seconds each
     times = [decode([(200 + s, PROMPT_TOKENS + k, s) for s in range(batch)])
              for k in range(steps)]
     lc.llama_batch_free(b)
@@ -64,8 +64,9 @@ def measure(path: str, threads: int, batch: int, unified: bool, steps: int) -> d
     lc.llama_model_free(model)
     med = sorted(times)[len(times) // 2]  # seconds per step, median
     del n_vocab
+    pre = sorted(prefill)[len(prefill) // 2]
     return {"batch": batch, "kv_unified": unified, "ms_per_step": med * 1e3,
-            "tokens_per_s": batch / med}
+            "tokens_per_s": batch / med, "prefill_ms_per_prompt_token": pre * 1e3 / PROMPT_TOKENS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             r = measure(path, args.threads, batch, unified, args.steps)
             print(f"kv_unified={unified!s:5} batch {batch:2}: {r['ms_per_step']:7.1f} ms/step "
-                  f"{r['tokens_per_s']:6.1f} tok/s", flush=True)
+                  f"{r['tokens_per_s']:6.1f} tok/s; prefill {r['prefill_ms_per_prompt_token']:.1f} "
+                  "ms/prompt token", flush=True)
             rows.append(r)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "threads": args.threads,

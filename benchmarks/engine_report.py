@@ -43,11 +43,24 @@ def _get(runs: list[dict], model: str, setting: str, mode: str) -> dict | None:
     return None
 
 
+def same_answers(run: dict, ref: dict | None) -> str:
+    """How many answers equal the pipeline fp32 burst answer to the same request (greedy:
+    an exact engine in fp32 gives the same text; another dtype or kernel may not)."""
+    if ref is None:
+        return "–"
+    texts = {r["index"]: r["text"].strip() for r in ref["records"] if r["error"] is None}
+    pairs = [(r["text"].strip(), texts[r["index"]]) for r in run["records"]
+             if r["error"] is None and r["index"] in texts]
+    return f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+
+
 def table(runs: list[dict]) -> list[str]:
     out = ["| setting | mode | n | tok/s | req/s | TTFT p50 s | TTFT p99 s | e2e p50 s | "
-           "e2e p99 s | peak RSS MiB | tokens/answer | mean batch | errors | load before |",
-           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+           "e2e p99 s | peak RSS MiB | tokens/answer | mean batch | = (a) answers | errors | "
+           "load before |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in runs:
+        ref = _get(runs, r["model"], "pipeline", "burst")
         s = r["summary"]
         mode = r["mode"] + (f" {r['rate_per_s']:g}/s" if r["mode"] == "poisson" else "")
         out.append(
@@ -55,7 +68,8 @@ def table(runs: list[dict]) -> list[str]:
             f"{s['output_tokens_per_s']:.1f} | {s['requests_per_s']:.3f} | {_s(s['ttft_p50_s'])} | "
             f"{_s(s['ttft_p99_s'])} | {_s(s['e2e_p50_s'])} | {_s(s['e2e_p99_s'])} | "
             f"{s['peak_rss_mib']:.0f} | {s['mean_completion_tokens']:.1f} | "
-            f"{_s((r.get('engine_metrics') or {}).get('mean_batch_size'), '{:.1f}')} | {s['errors']} | "
+            f"{_s((r.get('engine_metrics') or {}).get('mean_batch_size'), '{:.1f}')} | "
+            f"{same_answers(r, ref)} | {s['errors']} | "
             f"{r['load_avg_before'][0]:.1f} |")
     return out
 
