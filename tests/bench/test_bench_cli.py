@@ -20,8 +20,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=ENV,
-                          timeout=timeout)
+    return subprocess.run([str(BIN), *args], check=False, capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,21 @@ import numpy as np
 import pytest
 
 from babeldesk.bench.loadgen import (
-    LoadConfig, LoadMode, RequestResult, RunResult, Slo, SseLines, TargetConfig, TargetKind,
-    Trial, judge, make_target, openai_chunk, poisson_offsets, run_load, slo_search,
+    LoadConfig,
+    LoadMode,
+    RequestResult,
+    RunResult,
+    Slo,
+    SseLines,
+    TargetConfig,
+    TargetKind,
+    Trial,
+    judge,
+    make_target,
+    openai_chunk,
+    poisson_offsets,
+    run_load,
+    slo_search,
 )
 from babeldesk.bench.workload import WorkItem
 from babeldesk.errors import ConfigError

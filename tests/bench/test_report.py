@@ -12,7 +12,12 @@ from babeldesk.autoscale.capacity import parse_bench_capacity
 from babeldesk.bench.cost import parse_bench_summary
 from babeldesk.bench.loadgen import LoadMode, RequestResult, RunResult, Slo, Trial
 from babeldesk.bench.report import (
-    bench_document, bench_plot, bench_table, percentiles, summarize, write_json,
+    bench_document,
+    bench_plot,
+    bench_table,
+    percentiles,
+    summarize,
+    write_json,
 )
 from babeldesk.bench.workload import WorkItem
 
@@ -65,6 +70,8 @@ def test_json_feeds_cost_and_autoscale(tmp_path: Path) -> None:
     cap = parse_bench_capacity(data)
     assert cap.capacity_rps == pytest.approx(2.0 * 0.1)
     assert data["environment"]["loadavg"] and data["trials"][1]["met"] is False
+    assert data["summary"]["slo_search_open"] is False  # bracketed by a failing trial
+    assert data["summary"]["under_100ms_by_language"] == {"en": 0.8}
 
 
 def test_table_and_plot(tmp_path: Path) -> None:

@@ -14,7 +14,13 @@ import pytest
 
 from babeldesk.bench.report import tune_plot, tune_table
 from babeldesk.bench.tune import (
-    EngineHandle, TuneConfig, TunePoint, is_oom, next_batches, recommend, tune,
+    EngineHandle,
+    TuneConfig,
+    TunePoint,
+    is_oom,
+    next_batches,
+    recommend,
+    tune,
 )
 from babeldesk.errors import ConfigError, OutOfMemory
 from babeldesk.types import ChatRequest, TextDelta, Usage
@@ -93,6 +99,7 @@ def test_recommendation_respects_the_slo() -> None:
 def test_oom_detection_and_config() -> None:
     assert is_oom(OutOfMemory("x")) and is_oom(MemoryError())
     assert not is_oom(RuntimeError("other"))
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(ConfigError, match="--max-model-len"):
         TuneConfig(max_model_lens=(32,), max_tokens=64)
     with pytest.raises(ConfigError, match="--batch-sizes"):

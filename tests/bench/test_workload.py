@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from babeldesk.bench.workload import (
-    FREE_FORM, INTENT_PHRASES, LANGUAGE_WEIGHTS, Mix, builtin_workload, load_jsonl,
+    FREE_FORM,
+    INTENT_PHRASES,
+    LANGUAGE_WEIGHTS,
+    Mix,
+    builtin_workload,
+    load_jsonl,
     parse_languages,
 )
 from babeldesk.errors import ConfigError

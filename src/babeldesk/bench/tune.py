@@ -136,6 +136,9 @@ def is_oom(exc: BaseException) -> bool:
     importing torch: if torch is not loaded, nothing raised can be its error)."""
     if isinstance(exc, (OutOfMemory, MemoryError)):
         return True
+    if isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                          or "can't allocate memory" in str(exc)):
+        return True  # CPU allocator failures and older torch CUDA errors
     torch = sys.modules.get("torch")
     oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
     return oom_type is not None and isinstance(exc, oom_type)
