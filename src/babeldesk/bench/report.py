@@ -282,12 +282,21 @@ def tune_plot(report: TuneReport, path: str | Path) -> Path:
     xs = [p.batch_size for p in ran]
     ax.plot(xs, [p.tokens_per_s for p in ran], "o-", color="tab:blue", label="tokens/s")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("max batch size")
+    ticks = sorted({p.batch_size for p in pts})
+    ax.set_xticks(ticks, [str(b) for b in ticks])
+    ax.minorticks_off()
+    for p in ran:
+        ax.annotate(f"{p.peak_memory_bytes / 2**20:,.0f} MiB", (p.batch_size, p.tokens_per_s),
+                    xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7,
+                    color="tab:blue")
+    ax.set_ylim(bottom=0, top=max([p.tokens_per_s for p in ran], default=1.0) * 1.2)
+    ax.set_xlabel("max batch size (labels: peak memory)")
     ax.set_ylabel("generated tokens/s (all sequences)", color="tab:blue")
     ax2 = ax.twinx()
     ax2.plot(xs, [p.p99_ms for p in ran], "s--", color="tab:orange", label="p99 latency")
     ax2.axhline(report.slo_p99_ms, color="red", linestyle=":", linewidth=1)
     ax2.set_ylabel("p99 request latency (ms)", color="tab:orange")
+    ax2.set_ylim(bottom=0, top=max([p.p99_ms for p in ran] + [report.slo_p99_ms]) * 1.1)
     for pt in pts:
         if pt.oom:
             ax.axvline(pt.batch_size, color="red", alpha=0.5)
