@@ -48,6 +48,7 @@ def test_summary_numbers() -> None:
     assert s["source_shares"] == pytest.approx(
         {"knowledge_base": 0.6, "cache": 0.2, "model": 0.1, "handoff": 0.1})
     assert s["handoff_share"] == pytest.approx(0.1)
+    assert s["translated_share"] == 0.0
     assert s["itl_ms"]["max"] == pytest.approx(70.0)
     assert s["latency_ms"]["max"] == pytest.approx(1500.0)
     assert s["tokens_per_s"] == pytest.approx((10 + 2) / 2.0)

@@ -100,6 +100,7 @@ class RequestResult:
     handoff: bool = False
     language: str | None = None  # support: the language it answered in
     intent: str | None = None  # support: the intent it matched
+    translated: bool = False  # support: a KB answer the model translated into the language
     error: str | None = None
 
     @property
@@ -267,6 +268,7 @@ class SupportTarget(Target):
         result.handoff = bool(data.get("handoff"))
         result.language = data.get("language")
         result.intent = data.get("intent")
+        result.translated = bool(data.get("translated"))
 
 
 class OpenAITarget(Target):

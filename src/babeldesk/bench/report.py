@@ -85,6 +85,7 @@ def summarize(run: RunResult, slo: Slo) -> dict[str, Any]:
     if sources:  # the openai target marks every answer "model"; support names its source
         out["source_shares"] = {s: sources.get(s, 0) / len(ok) for s in SOURCES}
         out["handoff_share"] = sum(1 for r in ok if r.handoff) / len(ok)
+        out["translated_share"] = sum(1 for r in ok if r.translated) / len(ok)
         out["under_100ms_by_source"] = {
             s: (sum(1 for r in ok if r.source == s and r.latency_s is not None
                     and r.latency_s * 1000 < FAST_MS) / sources[s]) if sources.get(s) else None
