@@ -286,11 +286,11 @@ def tune_plot(report: TuneReport, path: str | Path) -> Path:
     ticks = sorted({p.batch_size for p in pts})
     ax.set_xticks(ticks, [str(b) for b in ticks])
     ax.minorticks_off()
-    for p in ran:
-        ax.annotate(f"{p.peak_memory_bytes / 2**20:,.0f} MiB", (p.batch_size, p.tokens_per_s),
+    for pt in ran:
+        ax.annotate(f"{pt.peak_memory_bytes / 2**20:,.0f} MiB", (pt.batch_size, pt.tokens_per_s),
                     xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7,
                     color="tab:blue")
-    ax.set_ylim(bottom=0, top=max([p.tokens_per_s for p in ran], default=1.0) * 1.2)
+    ax.set_ylim(bottom=0, top=max([pt.tokens_per_s for pt in ran], default=1.0) * 1.2)
     ax.set_xlabel("max batch size (labels: peak memory)")
     ax.set_ylabel("generated tokens/s (all sequences)", color="tab:blue")
     ax2 = ax.twinx()
