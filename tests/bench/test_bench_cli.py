@@ -73,6 +73,12 @@ def test_bench_openai_target(serve: WorkerProcess, tmp_path: Path) -> None:
     assert s["source_shares"]["model"] == 1.0
     assert 0 < s["ttft_ms"]["p50"] <= s["latency_ms"]["p50"]
     assert s["itl_ms"] is not None and 0 < s["tokens_per_s"]
+    # the support API without SSE: one JSON answer, so TTFT is the whole latency
+    r = _cli("bench", "--url", serve.url, "--no-stream", "--requests", "3", "--concurrency", "1",
+             "--languages", "en", "--free-form-share", "0", "--out", str(tmp_path / "plain"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((tmp_path / "plain" / "bench.json").read_text())["summary"]
+    assert s["ok"] == 3 and s["ttft_ms"] == s["latency_ms"] and s["itl_ms"] is None
 
 
 @pytest.mark.slow
