@@ -54,11 +54,20 @@ def same_answers(run: dict, ref: dict | None) -> str:
     return f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
 
 
+def tpot_p50_ms(run: dict) -> float | None:
+    """Median time per output token after the first, ms: (e2e - TTFT) / (tokens - 1); a
+    decode speed that does not depend on how long the answers happened to be."""
+    vals = sorted((r["e2e_s"] - r["ttft_s"]) * 1e3 / (r["completion_tokens"] - 1)
+                  for r in run["records"]
+                  if r["error"] is None and (r["completion_tokens"] or 0) > 1)
+    return vals[len(vals) // 2] if vals else None
+
+
 def table(runs: list[dict]) -> list[str]:
     out = ["| setting | mode | n | tok/s | req/s | TTFT p50 s | TTFT p99 s | e2e p50 s | "
-           "e2e p99 s | peak RSS MiB | tokens/answer | mean batch | = (a) answers | errors | "
+           "e2e p99 s | ms/token p50 | peak RSS MiB | tokens/answer | mean batch | = (a) answers | errors | "
            "load before |",
-           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in runs:
         ref = _get(runs, r["model"], "pipeline", "burst")
         s = r["summary"]
@@ -67,6 +76,7 @@ def table(runs: list[dict]) -> list[str]:
             f"| {LABEL[r['setting']]} | {mode} | {r['requests']} | "
             f"{s['output_tokens_per_s']:.1f} | {s['requests_per_s']:.3f} | {_s(s['ttft_p50_s'])} | "
             f"{_s(s['ttft_p99_s'])} | {_s(s['e2e_p50_s'])} | {_s(s['e2e_p99_s'])} | "
+            f"{_s(tpot_p50_ms(r), '{:.0f}')} | "
             f"{s['peak_rss_mib']:.0f} | {s['mean_completion_tokens']:.1f} | "
             f"{_s((r.get('engine_metrics') or {}).get('mean_batch_size'), '{:.1f}')} | "
             f"{same_answers(r, ref)} | {s['errors']} | "
@@ -99,7 +109,10 @@ def targets(runs: list[dict], model: str) -> list[str]:
     if c1 and s1:
         a, b = c1["summary"]["e2e_p50_s"], s1["summary"]["e2e_p50_s"]
         ta, tb = c1["summary"]["ttft_p50_s"], s1["summary"]["ttft_p50_s"]
-        out.append(f"- 1 client: e2e p50 {_s(a)} s vs {_s(b)} s (TTFT p50 {_s(ta)} vs {_s(tb)}): "
+        out.append(f"- 1 client: e2e p50 {_s(a)} s vs {_s(b)} s (TTFT p50 {_s(ta)} vs {_s(tb)}; "
+                   f"ms/token p50 {_s(tpot_p50_ms(c1), '{:.0f}')} vs {_s(tpot_p50_ms(s1), '{:.0f}')}; "
+                   f"tokens/answer {c1['summary']['mean_completion_tokens']:.1f} vs "
+                   f"{s1['summary']['mean_completion_tokens']:.1f}): "
                    f"**{'met' if a is not None and b is not None and a <= b else 'missed'}** "
                    "(target: no worse)")
     return out
