@@ -4,7 +4,9 @@ and the real HTTP client against a port where nothing listens."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -131,3 +133,34 @@ def test_unreachable_server_gives_connect_errors(mode: LoadMode) -> None:
     assert len(run.results) == len(seen) == 5
     assert {r.status for r in run.results} == {"connect_error"}
     assert not any(r.ok for r in run.results)
+
+
+class _NotTheApi(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with 200 and a plain-text body."""
+
+    def do_POST(self) -> None:  # the stdlib handler's method name
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b"hello, I am not babeldesk\n"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("stream", "status"), [(False, "bad_response"), (True, "stream_error")])
+def test_a_server_that_is_not_the_api_gives_errors(stream: bool, status: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        target = make_target(TargetConfig(TargetKind.SUPPORT, url, stream=stream, timeout_s=5))
+        run = asyncio.run(run_load(target, [WorkItem("hi", "en")],
+                                   LoadConfig(LoadMode.CLOSED, requests=3, concurrency=1)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r.status for r in run.results] == [status] * 3

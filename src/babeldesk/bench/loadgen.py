@@ -207,6 +207,8 @@ class Target(abc.ABC):
             return RequestResult(start - t0, "connect_error", error=str(exc) or "connect error")
         except httpx.HTTPError as exc:
             return RequestResult(start - t0, "http_error", error=f"{type(exc).__name__}: {exc}")
+        except (ValueError, TypeError, AttributeError) as exc:  # a body that is not the API's
+            return RequestResult(start - t0, "bad_response", error=f"{type(exc).__name__}: {exc}")
 
 
 def _error_status(resp: httpx.Response, body: bytes, result: RequestResult) -> RequestResult:
