@@ -36,9 +36,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import serving_rate_messages as messages
 from serving_rate_load import TrialResult, run_trial
@@ -227,8 +227,9 @@ def plot(data: dict[str, object], path: Path) -> None:
 
 
 def markdown(data: dict[str, object]) -> str:
-    lines = ["| target | max rate at p99 <= %g ms | share of ceiling | server CPU per request "
-             "| requests per CPU-second |" % data["slo_ms"], "|---|---:|---:|---:|---:|"]
+    slo = data["slo_ms"]
+    lines = [(f"| target | max rate at p99 <= {slo:g} ms | share of ceiling | server CPU per request "
+             "| requests per CPU-second |"), "|---|---:|---:|---:|---:|"]
     for r in data["summary"]:  # type: ignore[union-attr]
         share = "" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.1%}"
         cpu = r["server_cpu_ms_per_request"]
@@ -324,7 +325,7 @@ def main() -> int:
                     s.proc.kill()
     ceiling = next((s.lo for s in searches if s.target == "ceiling"), None)
     data: dict[str, object] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "slo_ms": args.slo_ms, "duration_s": args.duration, "warmup_s": args.warmup,
         "connections": args.connections, "pinned": not args.no_pin,
         "server_cpu": server_cpu, "generator_cpu": args.generator_cpu,

@@ -24,8 +24,8 @@ import math
 import re
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import httptools
 
@@ -228,7 +228,7 @@ class _Generator:
                 await asyncio.sleep(max(0.0, self.scheduled[i] - time.monotonic()))
         try:
             await asyncio.wait_for(self.all_done.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._stop()
         return True

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 # intent -> language -> message templates; "{n}" is the number slot
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
