@@ -3,7 +3,7 @@
     python benchmarks/matcher_eval.py                      # bundled KB, e5 + char n-grams
     python benchmarks/matcher_eval.py --embedder none      # char n-grams only
     python benchmarks/matcher_eval.py --tune               # grid-search thresholds on the tune half
-    python benchmarks/matcher_eval.py --verifier llm --model qwen2.5-0.5b
+    python benchmarks/matcher_eval.py --verifier llm --verify-low 0.4 --verify-high 0.8
 
 Split discipline: every line of benchmarks/data/intent_eval.jsonl falls in the "tune" or
 the "test" half by a hash of its text (stable across runs and edits of other lines).
@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--embedder", choices=[k.value for k in EmbedderKind], default="e5")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--threshold", type=float, default=None, help="override accept_threshold")
+    ap.add_argument("--verify-low", type=float, default=None, help="override verify_low")
+    ap.add_argument("--verify-high", type=float, default=None, help="override verify_high")
     ap.add_argument("--embedding-weight", type=float, default=None)
     ap.add_argument("--c", type=float, default=None)
     ap.add_argument("--no-cache", action="store_true")
@@ -204,7 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = MatcherConfig(embedder=EmbedderKind(args.embedder), threads=args.threads)
     if args.no_cache:
         config = replace(config, cache_dir=None)
-    for key, value in (("accept_threshold", args.threshold), ("embedding_weight", args.embedding_weight), ("c", args.c)):
+    overrides = {
+        "accept_threshold": args.threshold,
+        "verify_low": args.verify_low,
+        "verify_high": args.verify_high,
+        "embedding_weight": args.embedding_weight,
+        "c": args.c,
+    }
+    for key, value in overrides.items():
         if value is not None:
             config = replace(config, **{key: value})
     cache_hit = config.cache_dir is not None and config.cache_dir.exists() and any(config.cache_dir.iterdir())
