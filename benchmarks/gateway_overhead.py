@@ -332,6 +332,44 @@ def plot(result: dict[str, Any], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The result as the table in docs/benchmarks.md."""
+    m, lat, chat, tp = (result["meta"], result["latency_models"],
+                        result["latency_chat_max_tokens_1"], result["throughput"])
+    rows = [("| path | p50 ms | p99 ms | added p50 ms | added p99 ms | requests per proxy "
+            "CPU-second |"), "|---|---:|---:|---:|---:|---:|"]
+    for name, label in (("direct", "worker, direct"), ("gateway", "babeldesk gateway"),
+                        ("nginx", "nginx")):
+        added = lat.get(f"{name}_added_ms")
+        per_cpu = tp.get(name, {}).get("requests_per_cpu_s")
+        rows.append(f"| {label} | {lat[name]['p50']:.2f} | {lat[name]['p99']:.2f} | "
+                    + (f"{added['p50']:+.2f} | {added['p99']:+.2f} | " if added else "- | - | ")
+                    + (f"{per_cpu:,.0f} |" if per_cpu else "- |"))
+    lines = [(f"{m['date']}, {m['machine']}, {m['cpus']} CPUs shared with other jobs, load "
+             f"average {m['load_before'][0]:.2f} at the start and {m['load_after'][0]:.2f} "
+             f"at the end; {m['nginx']}, Python {m['python']}, httpx {m['httpx']}."),
+             f"Command: `{m['command']}`", "", *rows, ""]
+    ins = lat.get("inside_processes")
+    if ins:
+        lines.append(f"Inside the processes (mean per GET /v1/models): the gateway handled a "
+                     f"request in {ins['gateway_handling_ms']:.2f} ms, of which its call to "
+                     f"the worker took {ins['gateway_upstream_call_ms']:.2f} ms (the worker's "
+                     f"own handling: {ins['worker_handling_ms']:.2f} ms), leaving "
+                     f"{ins['gateway_own_ms']:.2f} ms in the gateway itself.")
+    if chat:
+        lines.append(f"A non-streamed max_tokens=1 completion: p50 direct "
+                     f"{chat['direct']['p50']:.1f} ms, gateway {chat['gateway']['p50']:.1f} ms, "
+                     f"nginx {chat['nginx']['p50']:.1f} ms (n={chat['direct']['n']} each).")
+    lines.append(f"Throughput runs ({result['config']['concurrency']} in flight, "
+                 f"{result['config']['duration_s']:g} s each): gateway "
+                 f"{tp['gateway']['requests_per_s']:.0f} requests/s using "
+                 f"{tp['gateway']['proxy_cpu_s']:.2f} CPU-s, nginx "
+                 f"{tp['nginx']['requests_per_s']:.0f} requests/s using "
+                 f"{tp['nginx']['proxy_cpu_s']:.2f} CPU-s; failed requests "
+                 f"{tp['gateway']['failed'] + tp['nginx']['failed']}.")
+    return "\n".join(lines) + "\n"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -353,7 +391,12 @@ def main() -> None:
     ap.add_argument("--profile-out", type=Path, default=None, help="keep the folded stacks")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/fleet/gateway_overhead.json"))
     ap.add_argument("--png", type=Path, default=Path("docs/img/gateway-overhead.png"))
+    ap.add_argument("--markdown", type=Path, default=None,
+                    help="only print the docs table of an earlier result JSON")
     args = ap.parse_args()
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return
 
     meta = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -411,6 +454,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.png)
+    print(markdown(result))
     print(f"wrote {args.json} and {args.png}")
 
 
