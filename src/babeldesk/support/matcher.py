@@ -40,7 +40,7 @@ import yaml
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from babeldesk.errors import ConfigError
 from babeldesk.support.embed import (
@@ -168,6 +168,10 @@ class IntentMatcher:
         self._classifier = classifier
         self._embedder = embedder
         self._oos_col = labels.index(OUT_OF_SCOPE)
+        # BLAS / OpenMP pools found once, after the embedder is loaded: threadpool_limits()
+        # rescans every loaded library on each call, 3-8 ms a message measured in
+        # `serve` (~15% of a KB answer's CPU time); a kept controller's limit() ~10 us.
+        self._pools = ThreadpoolController()
 
     @classmethod
     def train(
@@ -231,7 +235,7 @@ class IntentMatcher:
     def probabilities(self, messages: Sequence[str]) -> np.ndarray:
         """messages -> float [n, len(self.labels)], rows sum to 1."""
         texts = [normalize(m) for m in messages]
-        with threadpool_limits(self.config.threads):
+        with self._pools.limit(limits=self.config.threads):
             x_chars = self._vectorizer.transform(texts)
             dense = self._embedder.embed(texts) if self._embedder is not None else None
             return self._classifier.predict_proba(
