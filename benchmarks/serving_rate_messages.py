@@ -141,8 +141,10 @@ def screen(candidates: Sequence[Skeleton], threads: int = 1) -> tuple[list[Skele
     config = MatcherConfig(threads=threads)
     matcher = IntentMatcher.from_kb(load_kb(None), config)
     matches = matcher.match_many([s.text(1234) for s in candidates])
-    kept = [s for s, m in zip(candidates, matches)
-            if m.intent == s.intent and m.confidence >= config.verify_high]
+    # the verifier is asked only for verify_low <= P < verify_high (an empty band by default)
+    kept = [s for s, m in zip(candidates, matches, strict=True)
+            if m.intent == s.intent
+            and not config.verify_low <= m.confidence < config.verify_high]
     return kept, len(candidates) - len(kept)
 
 
