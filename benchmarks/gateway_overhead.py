@@ -223,6 +223,52 @@ def snapshot(stack: dict[str, Any]) -> dict[str, Any]:
     return {"gateway": _sums(stack["gateway"]), "workers": [_sums(u) for u in stack["workers"]]}
 
 
+async def _client_floor(url: str, n: int) -> dict[str, float]:
+    """The upstream hop alone, from one event loop: the gateway's HTTP client (httpx
+    AsyncClient, keep-alive) against a bare HTTP/1.1 exchange on an asyncio stream, both
+    ``GET /v1/models`` on the same worker one at a time. Milliseconds per request."""
+    host, port = url.removeprefix("http://").split(":")
+    out: dict[str, float] = {}
+
+    async def timed(name: str, one: Any) -> None:
+        for _ in range(max(n // 10, 10)):
+            await one()
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            await one()
+        out[f"{name}_wall_ms"] = round((time.perf_counter() - t0) / n * 1000, 4)
+        out[f"{name}_cpu_ms"] = round((time.process_time() - c0) / n * 1000, 4)
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        async def with_httpx() -> None:
+            (await client.get(MODELS_PATH)).raise_for_status()
+
+        await timed("httpx", with_httpx)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET {MODELS_PATH} HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n".encode()
+
+    async def bare() -> None:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+
+    await timed("bare", bare)
+    writer.close()
+    return out
+
+
+def client_floor(url: str, n: int) -> dict[str, float]:
+    try:
+        import uvloop  # the gateway's loop (uvicorn picks it when installed)
+
+        return uvloop.run(_client_floor(url, n))
+    except ImportError:
+        return asyncio.run(_client_floor(url, n))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its children (nginx workers)."""
     p = psutil.Process(pid)
@@ -356,6 +402,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"the worker took {ins['gateway_upstream_call_ms']:.2f} ms (the worker's "
                      f"own handling: {ins['worker_handling_ms']:.2f} ms), leaving "
                      f"{ins['gateway_own_ms']:.2f} ms in the gateway itself.")
+    floor = result.get("upstream_client_floor")
+    if floor:
+        lines.append(f"The upstream hop alone (GET /v1/models from one uvloop event loop, one "
+                     f"at a time): httpx AsyncClient {floor['httpx_wall_ms']:.2f} ms wall, "
+                     f"{floor['httpx_cpu_ms']:.2f} ms client CPU; a bare HTTP/1.1 exchange "
+                     f"on an asyncio stream {floor['bare_wall_ms']:.2f} ms wall, "
+                     f"{floor['bare_cpu_ms']:.2f} ms CPU.")
     if chat:
         lines.append(f"A non-streamed max_tokens=1 completion: p50 direct "
                      f"{chat['direct']['p50']:.1f} ms, gateway {chat['gateway']['p50']:.1f} ms, "
@@ -417,6 +470,8 @@ def main() -> None:
             before = snapshot(stack)
             lat_models = latency(stack, MODELS_PATH, args.requests)
             lat_models["inside_processes"] = inside(stack, before)
+            floor = client_floor(stack["workers"][0], min(args.requests, 1000))
+            print("upstream client alone:", json.dumps(floor), flush=True)
             print("GET /v1/models:", json.dumps(lat_models), flush=True)
             lat_chat = latency(stack, CHAT_PATH, args.chat_requests) if args.chat_requests else None
             if lat_chat:
@@ -448,6 +503,7 @@ def main() -> None:
         "latency_models": lat_models,
         "latency_chat_max_tokens_1": lat_chat,
         "throughput": tp,
+        "upstream_client_floor": floor,
         "gateway_profile_top": profile,
         "target_met": lat_models["gateway_added_ms"]["p50"] <= 1.0,
     }
