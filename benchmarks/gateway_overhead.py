@@ -127,6 +127,8 @@ def start_stack(procs: Procs, n_workers: int) -> dict[str, Any]:
     wait_ready(gateway + "/ready", gw_proc, gw_log)
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("nginx is not installed (apt-get install nginx)")
     prefix = procs.tmp / "nginx"
     (prefix / "tmp").mkdir(parents=True)
     os.chmod(prefix / "tmp", 0o777)  # nginx workers run as nobody under a root master
@@ -304,7 +306,9 @@ async def _hammer(base: str, path: str, concurrency: int, duration_s: float) -> 
 def throughput(base: str, pid: int | None, concurrency: int, duration_s: float,
                profile_out: Path | None = None) -> dict[str, Any]:
     spy = None
-    if profile_out is not None and pid is not None:
+    if profile_out is not None and pid is not None and shutil.which("py-spy") is None:
+        print("--profile: py-spy is not installed (pip install py-spy); no profile")
+    elif profile_out is not None and pid is not None:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
                                 "--rate", "200", "--duration", str(int(duration_s)),
                                 "--output", str(profile_out), "--nonblocking"],
