@@ -221,7 +221,7 @@ def serve(
     cache: Optional[str] = typer.Option(None, help="memory:// | redis://host:6379/0"),
     webhook: Optional[str] = typer.Option(None, help="URL that receives handoff events."),
     verifier: Optional[bool] = typer.Option(None, "--verifier/--no-verifier",
-                                            help="Let the model decide unsure intent matches."),
+                                            help="Let the model confirm, switch or veto unsure intent matches (off by default)."),
     max_message_chars: Optional[int] = typer.Option(None),
     api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' on /v1/*."),
 ) -> None:

@@ -216,7 +216,12 @@ class FleetConfig:
 class SupportConfig:
     kb: str = ""  # knowledge-base folder; "" = the bundled demo shop
     default_language: str = "en"  # before a session's language is known and no guess is usable
-    verifier: bool = True  # ask the model to decide when the matcher is unsure
+    # Ask the model to confirm, switch or veto matches with confidence in
+    # [verify_low, verify_high). Off by default: with the bundled 0.5B model it did not beat
+    # the classifier alone (docs/benchmarks.md); turn it on for a stronger model.
+    verifier: bool = False
+    verify_low: float = 0.40
+    verify_high: float = 0.80
     matcher_threads: int = 1  # embedder + BLAS threads of the intent matcher
     history_tokens: int = 600  # recent turns kept in the model prompt (approx. tokens)
     reply_max_tokens: int = 160  # model answers and translations
@@ -233,6 +238,8 @@ class SupportConfig:
         _check("support.repeat_handoff", self.repeat_handoff >= 1, "must be >= 1")
         _check("support.webhook_attempts", self.webhook_attempts >= 1, "must be >= 1")
         _check("support.matcher_threads", self.matcher_threads >= 1, "must be >= 1")
+        _check("support.verify_low", 0.0 <= self.verify_low <= self.verify_high <= 1.0,
+               "need 0 <= verify_low <= verify_high <= 1")
         _check("support.handoff_webhook",
                not self.handoff_webhook or self.handoff_webhook.startswith(("http://", "https://")),
                "must be an http(s) URL")

@@ -35,7 +35,9 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
     """KB, matcher, stores and webhook from config; ``model`` is the engine or the fleet."""
     sup, store = config.support, config.store
     kb = load_kb(Path(sup.kb) if sup.kb else None)
-    matcher = IntentMatcher.from_kb(kb, MatcherConfig(threads=sup.matcher_threads))
+    band = ({"verify_low": sup.verify_low, "verify_high": sup.verify_high} if sup.verifier
+            else {})  # without the verifier the matcher's own (empty) band applies
+    matcher = IntentMatcher.from_kb(kb, MatcherConfig(threads=sup.matcher_threads, **band))
     notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
                 if sup.handoff_webhook else None)
     redactor = Redactor(store.redact_phone_regions) if store.redact else None
