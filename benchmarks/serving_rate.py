@@ -31,6 +31,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -180,6 +182,28 @@ def settle(server: Server, idle_cpu: float = 0.05, limit_s: float = 30.0) -> Non
             return
 
 
+def run_wrk(server: Server, body: bytes, seconds: float, connections: int, cpu: int | None,
+            tmp: Path) -> dict[str, object]:
+    """Closed-loop cross-check with wrk (Debian's 4.1.0, one thread): the saturation
+    throughput and the server CPU per request there (no latency correction: not the
+    SLO measurement)."""
+    script = tmp / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = [==[{body.decode()}]==]\n")  # raw UTF-8, no escapes
+    cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + [
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script),
+        f"http://127.0.0.1:{server.port}{PATH}"]
+    cpu0 = server.cpu_s()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu_s = server.cpu_s() - cpu0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests_per_s": rps, "requests": n, "non_2xx": int(bad.group(1)) if bad else 0,
+            "server_cpu_ms_per_request": 1000 * cpu_s / n if n else None,
+            "connections": connections, "seconds": seconds}
+
+
 def summary(s: Search, ceiling: float | None) -> dict[str, object]:
     best = max((t for t in s.trials if t["meets_slo"]), key=lambda t: t["rate"], default=None)
     cpu_ms = [t["server_cpu_ms_per_request"] for t in s.trials
@@ -258,6 +282,9 @@ def main() -> int:
     p.add_argument("--min-rate", type=float, default=2.0)
     p.add_argument("--max-trials", type=int, default=12, help="per target")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between trials")
+    p.add_argument("--wrk-seconds", type=float, default=5.0,
+                   help="closed-loop wrk cross-check per ceiling/cache target (0: none; "
+                   "skipped when wrk is not installed)")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--generator-cpu", type=int, default=1)
     p.add_argument("--no-pin", action="store_true")
@@ -326,6 +353,15 @@ def main() -> int:
                                            server, fresh, START_RATE["kb"],
                                            args.kb_loose_slo_ms))
         asyncio.run(search_all(searches, args))
+        closed: dict[str, object] = {}
+        if args.wrk_seconds > 0 and shutil.which("wrk"):
+            gen_cpu = None if args.no_pin else args.generator_cpu
+            for s in searches:
+                if s.target.startswith(("ceiling", "cache")):
+                    settle(s.server)
+                    closed[s.target] = run_wrk(s.server, next(s.bodies), args.wrk_seconds,
+                                               args.connections, gen_cpu, tmp)
+                    print(f"{s.target:>14} wrk closed loop: {closed[s.target]}", flush=True)
     finally:
         for s in servers.values():
             if s.proc is not None:
@@ -344,6 +380,7 @@ def main() -> int:
         "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
         "kb_templates_kept": len(kept), "kb_templates_rejected": rejected,
         "summary": [summary(s, ceiling) for s in searches],
+        "wrk_closed_loop": closed,
         "trials": {s.target: s.trials for s in searches},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
