@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -101,6 +102,7 @@ def test_script_ceiling_only(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH / "serving_rate.py"), "--targets", "ceiling", "--no-pin",
          "--duration", "0.5", "--warmup", "0.2", "--max-trials", "2", "--pause", "0",
+         "--wrk-seconds", "1",
          "--out", str(out), "--png", str(png)],
         check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -109,4 +111,7 @@ def test_script_ceiling_only(tmp_path: Path) -> None:
     assert row["target"] == "ceiling" and len(data["trials"]["ceiling"]) == 2
     assert row["max_rate_at_slo"] in (0, 500, 1000, 2000)  # doubling or halving from 1000
     assert png.stat().st_size > 10_000
+    if shutil.which("wrk"):  # the optional closed-loop cross-check
+        assert data["wrk_closed_loop"]["ceiling"]["non_2xx"] == 0
+        assert data["wrk_closed_loop"]["ceiling"]["requests"] > 0
     assert "| ceiling |" in proc.stdout
