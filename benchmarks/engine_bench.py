@@ -242,7 +242,8 @@ def run_one(spec: RunSpec, progress: Progress, logdir: Path, retok: Retokenizer,
         records, wall, peak, load_s, cmd, means = run_pipeline(spec, done, logdir)
     else:
         records, wall, peak, load_s, cmd, means = run_http(spec, done, logdir, retok)
-    result = {
+    summary = summarize(records, wall, peak)
+    result: dict[str, Any] = {
         "model": spec.model, "setting": spec.setting, "mode": spec.mode,
         "requests": spec.requests, "max_tokens": wl.MAX_TOKENS, "rate_per_s": spec.rate,
         "clients": spec.clients, "threads": spec.threads,
@@ -252,12 +253,12 @@ def run_one(spec: RunSpec, progress: Progress, logdir: Path, retok: Retokenizer,
         "command": "python benchmarks/" + " ".join(shlex.quote(a) for a in argv),
         "server_command": " ".join(shlex.quote(Path(c).name if c.startswith("/") else c)
                                    for c in cmd),
-        "load_s": load_s, "summary": summarize(records, wall, peak), "engine_metrics": means,
+        "load_s": load_s, "summary": summary, "engine_metrics": means,
         "samples": samples(records), "records": records,
     }
     spec.path.parent.mkdir(parents=True, exist_ok=True)
     spec.path.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    s = result["summary"]
+    s = summary
     progress.console.print(
         f"{spec.model} {spec.setting} {spec.mode}: {s['output_tokens_per_s']:.1f} tok/s, "
         f"{s['requests_per_s']:.2f} req/s, TTFT p50 {s['ttft_p50_s'] or 0:.2f} s, "
@@ -274,7 +275,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             if setting not in args.settings:
                 continue
             for mode in MODES:
-                if mode in args.modes and (not mode.startswith("closed") or setting in CLOSED_ONLY_FOR):
+                closed_ok = not mode.startswith("closed") or setting in CLOSED_ONLY_FOR
+                if mode in args.modes and closed_ok:
                     out.append((model, setting, mode))
     return out
 

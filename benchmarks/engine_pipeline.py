@@ -33,7 +33,8 @@ def load_pipeline(alias: str, threads: int) -> Any:
 
     torch.set_num_threads(threads)
     folder = hf_convert.ensure_converted(resolve_model(alias))  # the worker's own HF folder
-    pipe = pipeline("text-generation", model=str(folder), dtype=torch.float32, device="cpu")
+    pipe: Any = pipeline("text-generation", model=str(folder), dtype=torch.float32,
+                         device="cpu")
     pipe.tokenizer.padding_side = "left"  # decoder-only batching pads on the left
     if pipe.tokenizer.pad_token is None:
         pipe.tokenizer.pad_token = pipe.tokenizer.eos_token
@@ -44,7 +45,8 @@ GEN_KWARGS: dict[str, Any] = dict(max_new_tokens=wl.MAX_TOKENS, do_sample=False,
                                   return_full_text=False)
 
 
-def record(pipe: Any, req: wl.BenchRequest, out: Any, arrival: float, done: float) -> dict[str, Any]:
+def record(pipe: Any, req: wl.BenchRequest, out: Any, arrival: float,
+           done: float) -> dict[str, Any]:
     text = out[0]["generated_text"] if isinstance(out, list) else out["generated_text"]
     tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
     # seconds from the run's start; the pipeline does not stream, so TTFT = completion

@@ -57,6 +57,8 @@ def same_answers(run: dict, ref: dict | None) -> str:
 def tpot_p50_ms(run: dict) -> float | None:
     """Median time per output token after the first, ms: (e2e - TTFT) / (tokens - 1); a
     decode speed that does not depend on how long the answers happened to be."""
+    if run["setting"] == "pipeline":  # no streaming: no per-token times
+        return None
     vals = sorted((r["e2e_s"] - r["ttft_s"]) * 1e3 / (r["completion_tokens"] - 1)
                   for r in run["records"]
                   if r["error"] is None and (r["completion_tokens"] or 0) > 1)
@@ -65,8 +67,8 @@ def tpot_p50_ms(run: dict) -> float | None:
 
 def table(runs: list[dict]) -> list[str]:
     out = ["| setting | mode | n | tok/s | req/s | TTFT p50 s | TTFT p99 s | e2e p50 s | "
-           "e2e p99 s | ms/token p50 | peak RSS MiB | tokens/answer | mean batch | = (a) answers | errors | "
-           "load before |",
+           "e2e p99 s | ms/token p50 | peak RSS MiB | tokens/answer | mean batch | "
+           "= (a) answers | errors | load before |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in runs:
         ref = _get(runs, r["model"], "pipeline", "burst")
@@ -98,8 +100,10 @@ def targets(runs: list[dict], model: str) -> list[str]:
         out.append(f"- {LABEL[setting]} vs {LABEL['pipeline']}: tokens/s x{rb:.2f} (burst), "
                    f"x{rp:.2f} (poisson); poisson e2e p99 {_s(p99)} s vs {_s(p99_pipe)} s: "
                    f"**{'met' if met else 'missed'}** (target x3 and lower p99)")
-    c16, s16 = _get(runs, model, "llamacpp", "closed16"), _get(runs, model, "llamacpp-server", "closed16")
-    c1, s1 = _get(runs, model, "llamacpp", "closed1"), _get(runs, model, "llamacpp-server", "closed1")
+    c16 = _get(runs, model, "llamacpp", "closed16")
+    s16 = _get(runs, model, "llamacpp-server", "closed16")
+    c1 = _get(runs, model, "llamacpp", "closed1")
+    s1 = _get(runs, model, "llamacpp-server", "closed1")
     if c16 and s16:
         r = c16["summary"]["requests_per_s"] / max(s16["summary"]["requests_per_s"], 1e-9)
         t = c16["summary"]["output_tokens_per_s"] / max(s16["summary"]["output_tokens_per_s"], 1e-9)
@@ -110,7 +114,8 @@ def targets(runs: list[dict], model: str) -> list[str]:
         a, b = c1["summary"]["e2e_p50_s"], s1["summary"]["e2e_p50_s"]
         ta, tb = c1["summary"]["ttft_p50_s"], s1["summary"]["ttft_p50_s"]
         out.append(f"- 1 client: e2e p50 {_s(a)} s vs {_s(b)} s (TTFT p50 {_s(ta)} vs {_s(tb)}; "
-                   f"ms/token p50 {_s(tpot_p50_ms(c1), '{:.0f}')} vs {_s(tpot_p50_ms(s1), '{:.0f}')}; "
+                   f"ms/token p50 {_s(tpot_p50_ms(c1), '{:.0f}')} vs "
+                   f"{_s(tpot_p50_ms(s1), '{:.0f}')}; "
                    f"tokens/answer {c1['summary']['mean_completion_tokens']:.1f} vs "
                    f"{s1['summary']['mean_completion_tokens']:.1f}): "
                    f"**{'met' if a is not None and b is not None and a <= b else 'missed'}** "
@@ -168,10 +173,10 @@ def plots(runs: list[dict], img: Path = IMG) -> list[Path]:
         fig, ax = plt.subplots(figsize=(10, 4.5))
         width = 0.8 / max(len(modes), 1)
         for j, mode in enumerate(modes):
-            vals = [(_get(mine, model, s, mode) or {}).get("summary", {}).get("output_tokens_per_s", 0)
-                    for s in settings]
+            vals = [(_get(mine, model, s, mode) or {}).get("summary", {}).get(
+                "output_tokens_per_s", float("nan")) for s in settings]  # nan: not run
             bars = ax.bar([i + j * width for i in range(len(settings))], vals, width, label=mode)
-            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+            ax.bar_label(bars, labels=["" if v != v else f"{v:.0f}" for v in vals], fontsize=7)
         ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(settings))])
         ax.set_xticklabels([LABEL[s] for s in settings], rotation=15, ha="right", fontsize=8)
         ax.set_ylabel("output tokens/s (all requests)")
@@ -187,11 +192,12 @@ def plots(runs: list[dict], img: Path = IMG) -> list[Path]:
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
         for ax, mode in zip(axes, ("burst", "poisson")):
-            sel = [s for s in settings if _get(mine, model, s, mode)]
+            found = [(s, r) for s in settings if (r := _get(mine, model, s, mode))]
+            sel = [s for s, _ in found]
             keys = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s")
             w = 0.8 / len(keys)
             for j, k in enumerate(keys):
-                vals = [_get(mine, model, s, mode)["summary"][k] or 0 for s in sel]
+                vals = [r["summary"][k] or 0 for _, r in found]
                 ax.bar([i + j * w for i in range(len(sel))], vals, w, label=k.replace("_s", ""))
             ax.set_xticks([i + w * 1.5 for i in range(len(sel))])
             ax.set_xticklabels([LABEL[s] for s in sel], rotation=20, ha="right", fontsize=7)

@@ -61,10 +61,12 @@ def test_tiny_run_writes_json_and_report(tmp_path: Path) -> None:
     assert set(run["samples"]) == {"en", "zh"}  # requests 0-3: en, en, zh, zh
 
     doc = tmp_path / "benchmarks.md"
-    doc.write_text(f"# B\n\nbefore\n{engine_report.BEGIN}\nold\n{engine_report.END}\nafter\n")
+    doc.write_text(f"# B\n\nbefore\n{engine_report.BEGIN}\nSTALE-TABLE\n"
+                   f"{engine_report.END}\nafter\n")
     engine_report.write_report(results, doc, tmp_path / "img")
     text = doc.read_text()
-    assert "old" not in text and text.startswith("# B\n\nbefore\n") and text.endswith("after\n")
+    assert "STALE-TABLE" not in text
+    assert text.startswith("# B\n\nbefore\n") and text.endswith("after\n")
     assert "| (c) babeldesk llamacpp | burst | 4 |" in text
     for name in ("engine_smollm2-135m_throughput.png", "engine_smollm2-135m_latency.png"):
         assert (tmp_path / "img" / name).read_bytes()[:4] == b"\x89PNG"
