@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import serving_rate_messages as messages
 from serving_rate_load import TrialResult, run_trial
@@ -79,7 +80,7 @@ class Search:
     slo_ms: float
     lo: float = 0.0  # highest rate that met the SLO
     hi: float = math.inf  # lowest rate that missed it
-    trials: list[dict[str, object]] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
 
     def done(self, precision: float, min_rate: float, max_trials: int) -> bool:
         return (len(self.trials) >= max_trials or (self.lo > 0 and self.hi <= self.lo * (1 + precision))
@@ -120,11 +121,11 @@ def wait_ready(server: Server, timeout_s: float) -> None:
     raise SystemExit(f"{server.name} not ready after {timeout_s:.0f} s")
 
 
-def post(port: int, body: bytes) -> dict[str, object]:
+def post(port: int, body: bytes) -> dict[str, Any]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", data=body,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
+        return json.loads(r.read())
 
 
 def free_port() -> int:
@@ -183,7 +184,7 @@ def settle(server: Server, idle_cpu: float = 0.05, limit_s: float = 30.0) -> Non
 
 
 def run_wrk(server: Server, body: bytes, seconds: float, connections: int, cpu: int | None,
-            tmp: Path) -> dict[str, object]:
+            tmp: Path) -> dict[str, Any]:
     """Closed-loop cross-check with wrk (Debian's 4.1.0, one thread): the saturation
     throughput and the server CPU per request there (no latency correction: not the
     SLO measurement)."""
@@ -196,54 +197,61 @@ def run_wrk(server: Server, body: bytes, seconds: float, connections: int, cpu: 
     cpu0 = server.cpu_s()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     cpu_s = server.cpu_s() - cpu0
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    found_rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    found_n = re.search(r"(\d+) requests in", out)
+    if found_rps is None or found_n is None:
+        raise RuntimeError(f"unexpected wrk output: {out!r}")
+    rps, n = float(found_rps.group(1)), int(found_n.group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"requests_per_s": rps, "requests": n, "non_2xx": int(bad.group(1)) if bad else 0,
             "server_cpu_ms_per_request": 1000 * cpu_s / n if n else None,
             "connections": connections, "seconds": seconds}
 
 
-def summary(s: Search, ceiling: float | None) -> dict[str, object]:
+def summary(s: Search, ceiling: float | None, ceiling_cpu_ms: float | None) -> dict[str, Any]:
     best = max((t for t in s.trials if t["meets_slo"]), key=lambda t: t["rate"], default=None)
-    cpu_ms = [t["server_cpu_ms_per_request"] for t in s.trials
-              if t["server_cpu_ms_per_request"] and t["answered"] >= 20]
-    out: dict[str, object] = {
+    # per core: the median over trials of the server's CPU time per answered request;
+    # trials that ran to the end only (a stopped one burnt CPU on requests it dropped),
+    # unless every trial was stopped
+    usable = [t for t in s.trials if t["server_cpu_ms_per_request"] and t["answered"] >= 20]
+    complete = [t for t in usable if not t["stopped_early"]] or usable
+    cpu_ms = sorted(float(t["server_cpu_ms_per_request"]) for t in complete)
+    cpu = cpu_ms[len(cpu_ms) // 2] if cpu_ms else None
+    return {
         "target": s.target, "slo_ms": s.slo_ms, "max_rate_at_slo": s.lo,
         "first_miss": None if s.hi == math.inf else s.hi,
         "p99_ms_at_max": best["p99_ms"] if best else None,
-        # per core: the median over trials of the server's CPU time per answered request
-        "server_cpu_ms_per_request": sorted(cpu_ms)[len(cpu_ms) // 2] if cpu_ms else None,
+        "server_cpu_ms_per_request": cpu,
+        "requests_per_cpu_second": 1000 / cpu if cpu else None,
+        "share_of_ceiling": s.lo / ceiling if ceiling else None,
+        # the same per core: ceiling CPU per request / this target's
+        "share_of_ceiling_per_cpu": ceiling_cpu_ms / cpu if ceiling_cpu_ms and cpu else None,
     }
-    cpu = out["server_cpu_ms_per_request"]
-    out["requests_per_cpu_second"] = 1000 / cpu if cpu else None  # type: ignore[operator]
-    out["share_of_ceiling"] = s.lo / ceiling if ceiling else None
-    return out
 
 
-def plot(data: dict[str, object], path: Path) -> None:
+def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    slo = float(data["slo_ms"])  # type: ignore[arg-type]
+    slo = float(data["slo_ms"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for target, trials in data["trials"].items():  # type: ignore[union-attr]
+    for target, trials in data["trials"].items():
         pts = sorted((t["rate"], min(t["p99_ms"] or math.inf, 5000.0)) for t in trials)
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=target)
     ax1.axhline(slo, color="grey", ls="--", label=f"SLO p99 {slo:g} ms")
     ax1.set(xscale="log", yscale="log", xlabel="offered rate, requests/s (open loop)",
             ylabel="p99 latency, ms (capped at 5 s)", title="p99 per trial")
     ax1.legend(fontsize=8)
-    rows = data["summary"]  # type: ignore[index]
-    names = [r["target"] for r in rows]  # type: ignore[index]
+    rows = data["summary"]
+    names = [r["target"] for r in rows]
     x = range(len(names))
-    rates = [max(r["max_rate_at_slo"], 0.5) for r in rows]  # type: ignore[index]
-    per_cpu = [r["requests_per_cpu_second"] or 0.5 for r in rows]  # type: ignore[index]
+    rates = [max(r["max_rate_at_slo"], 0.5) for r in rows]
+    per_cpu = [r["requests_per_cpu_second"] or 0.5 for r in rows]
     b1 = ax2.bar([i - 0.2 for i in x], rates, 0.4, label="max rate at its p99 SLO (open loop)")
     b2 = ax2.bar([i + 0.2 for i in x], per_cpu, 0.4, label="requests per server CPU-second")
-    for bar, r in zip(b1, rows):  # type: ignore[arg-type]
+    for bar, r in zip(b1, rows):
         share = r["share_of_ceiling"]
         ax2.annotate(f"{r['max_rate_at_slo']:.0f}" + (f"\n{share:.0%}" if share is not None else ""),
                      (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
@@ -261,17 +269,22 @@ def plot(data: dict[str, object], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(data: dict[str, object]) -> str:
+def markdown(data: dict[str, Any]) -> str:
     lines = [("| target | p99 SLO | max rate at SLO | p99 there | share of ceiling "
-             "| server CPU per request | requests per CPU-second |"),
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in data["summary"]:  # type: ignore[union-attr]
-        share = "" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.1%}"
+             "| server CPU per request | requests per CPU-second | share of ceiling per CPU |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def pct(v: object) -> str:
+        return "" if v is None else f"{v:.1%}"
+
+    for r in data["summary"]:
         cpu = r["server_cpu_ms_per_request"]
         p99 = "" if r["p99_ms_at_max"] is None else f"{r['p99_ms_at_max']:.1f} ms"
         lines.append(f"| {r['target']} | {r['slo_ms']:g} ms | {r['max_rate_at_slo']:.0f}/s | "
-                     f"{p99} | {share} | {'' if cpu is None else f'{cpu:.3f} ms'} | "
-                     f"{'' if cpu is None else f'{1000 / cpu:.0f}'} |")
+                     f"{p99} | {pct(r['share_of_ceiling'])} | "
+                     f"{'' if cpu is None else f'{cpu:.3f} ms'} | "
+                     f"{'' if cpu is None else f'{1000 / cpu:.0f}'} | "
+                     f"{pct(r['share_of_ceiling_per_cpu'])} |")
     return "\n".join(lines)
 
 
@@ -324,10 +337,10 @@ def main() -> int:
             url = f"sqlite:///{tmp}/sessions.db" if v == "sqlite" else "memory://"
             servers[f"serve-{v}"] = Server(f"serve-{v}", serve_args(port, url, args.serve_arg), port)
     try:
-        for s in servers.values():
-            start(s, server_cpu, tmp)
-        for s in servers.values():
-            wait_ready(s, 300)
+        for srv in servers.values():
+            start(srv, server_cpu, tmp)
+        for srv in servers.values():
+            wait_ready(srv, 300)
         searches: list[Search] = []
         kept: list[messages.Skeleton] = []
         rejected = 0
@@ -362,7 +375,7 @@ def main() -> int:
                                            server, fresh, START_RATE["kb"],
                                            args.kb_loose_slo_ms))
         asyncio.run(search_all(searches, args))
-        closed: dict[str, object] = {}
+        closed: dict[str, Any] = {}
         if args.wrk_seconds > 0 and shutil.which("wrk"):
             gen_cpu = None if args.no_pin else args.generator_cpu
             for s in searches:
@@ -372,15 +385,18 @@ def main() -> int:
                                                args.connections, gen_cpu, tmp)
                     print(f"{s.target:>14} wrk closed loop: {closed[s.target]}", flush=True)
     finally:
-        for s in servers.values():
-            if s.proc is not None:
-                s.proc.terminate()
+        for srv in servers.values():
+            if srv.proc is not None:
+                srv.proc.terminate()
                 try:
-                    s.proc.wait(30)
+                    srv.proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    s.proc.kill()
+                    srv.proc.kill()
     ceiling = next((s.lo for s in searches if s.target == "ceiling"), None)
-    data: dict[str, object] = {
+    first = [summary(s, ceiling, None) for s in searches]
+    ceiling_cpu = next((r["server_cpu_ms_per_request"] for r in first
+                        if r["target"] == "ceiling"), None)
+    data: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "slo_ms": args.slo_ms, "duration_s": args.duration, "warmup_s": args.warmup,
         "connections": args.connections, "pinned": not args.no_pin,
@@ -388,7 +404,7 @@ def main() -> int:
         "load_avg_1m_start": load_start, "load_avg_1m_end": os.getloadavg()[0],
         "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
         "kb_templates_kept": len(kept), "kb_templates_rejected": rejected,
-        "summary": [summary(s, ceiling) for s in searches],
+        "summary": [summary(s, ceiling, ceiling_cpu) for s in searches],
         "wrk_closed_loop": closed,
         "trials": {s.target: s.trials for s in searches},
     }
