@@ -1,6 +1,6 @@
 """The engine benchmark's workload: the same chat requests and arrival times for every setting.
 
-Requests are short customer-support questions in 20 languages (40 lines, cycled to the
+Requests are short customer-support questions in 22 languages (40 lines, cycled to the
 requested count), each sent with one fixed system message, greedy, 64 new tokens. Arrival
 times are seeded, so every setting of a model sees the same Poisson schedule.
 """
@@ -14,7 +14,7 @@ MAX_TOKENS = 64  # new tokens per request (there is no ignore_eos: EOS may stop 
 SYSTEM = "You are a helpful customer-support assistant for an online shop. Answer briefly."
 SEED = 20261124
 
-# (language, question): ~40 short support questions, two per language, cycled.
+# (language, question): 40 short support questions, two per language (one for el uk he th).
 QUESTIONS: tuple[tuple[str, str], ...] = (
     ("en", "Where is my order? I ordered five days ago and it has not arrived."),
     ("en", "How do I return a jacket that is too small?"),
