@@ -324,7 +324,8 @@ def main() -> int:
         os.sched_setaffinity(0, {args.generator_cpu})
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     load_start = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="serving_rate_"))
+    tmp = Path(tempfile.mkdtemp(prefix="serving_rate_"))  # sessions.db, servers' logs
+    print(f"servers' logs: {tmp}", flush=True)
     servers: dict[str, Server] = {}
     if "ceiling" in targets:
         port = free_port()
@@ -392,6 +393,7 @@ def main() -> int:
                     srv.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     srv.proc.kill()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept (with the servers' logs) when a step failed
     ceiling = next((s.lo for s in searches if s.target == "ceiling"), None)
     first = [summary(s, ceiling, None) for s in searches]
     ceiling_cpu = next((r["server_cpu_ms_per_request"] for r in first
