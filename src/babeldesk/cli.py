@@ -156,6 +156,9 @@ def worker(
     threads: Optional[int] = typer.Option(None, help="Compute threads (set explicitly on shared cores)."),
     memory_cap_mb: Optional[int] = typer.Option(None),
     served_model_name: Optional[str] = typer.Option(None),
+    prefix_cache: Optional[bool] = typer.Option(
+        None, "--prefix-cache/--no-prefix-cache",
+        help="llamacpp: keep the KV of prompt prefixes shared between requests (default on)."),
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
     drain_grace_s: Optional[float] = typer.Option(None),
@@ -174,6 +177,7 @@ def worker(
                     max_new_tokens=max_new_tokens, max_queue=max_queue,
                     prefill_budget=prefill_budget, threads=threads,
                     memory_cap_mb=memory_cap_mb, served_model_name=served_model_name,
+                    prefix_cache=prefix_cache,
                 ),
                 "worker": _engine_overrides(host=host, port=port, drain_grace_s=drain_grace_s),
             },

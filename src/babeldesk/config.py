@@ -59,6 +59,10 @@ class EngineConfig:
     prefill_budget: int = 512  # prompt tokens processed per scheduler step
     threads: int = 2  # compute threads (torch / llama.cpp)
     memory_cap_mb: int = 0  # CPU: refuse steps whose KV+activations estimate exceeds it; 0 = off
+    # llamacpp: when a request ends, keep the KV of the longest prompt prefix it shares with
+    # another recent request (system prompt, template preamble) for the next one in its
+    # slot; off: a slot's KV is cleared completely when its sequence leaves
+    prefix_cache: bool = True
     served_model_name: str = ""  # name in /v1/models; default: the model reference
 
     def __post_init__(self) -> None:

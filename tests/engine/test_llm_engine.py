@@ -146,3 +146,29 @@ async def _solo_answers() -> dict[str, str]:
         return {q: (await collect(e.stream_chat(req(q)))).text for q in QUESTIONS}
     finally:
         e.shutdown()
+
+
+def test_prefix_cache_reuses_the_shared_system_prompt_without_changing_answers() -> None:
+    system = ("You are the support assistant of a small online shop. Answer briefly and "
+              "politely, in the customer's language, using only what you know about the shop.")
+
+    def chat(q: str) -> ChatRequest:
+        return ChatRequest([ChatMessage("system", system), ChatMessage("user", q)],
+                           SamplingParams(max_tokens=16, temperature=0.0))
+
+    answers = {}
+    for on in (False, True):
+        e = engine(prefix_cache=on, max_batch_size=2)
+        try:
+            outs = [asyncio.run(collect(e.stream_chat(chat(q)))) for q in QUESTIONS]
+            reused = e.metrics.prefix_cache_tokens_total._value.get()
+            held = [len(h) for h in e.backend._held]
+        finally:
+            e.shutdown()
+        answers[on] = [o.text for o in outs]
+        if on:
+            assert reused >= 3 * 20  # later requests skip the system prompt's prefill
+            assert max(held) > 0  # the shared prefix stays in a slot
+        else:
+            assert reused == 0 and held == [0, 0]  # every slot cleared when its request ended
+    assert answers[True] == answers[False]

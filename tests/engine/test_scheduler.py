@@ -79,3 +79,34 @@ def test_preempt_half_requeues_newest_first_and_recomputes_output() -> None:
     # the re-admitted sequence recomputes prompt + the token it already produced
     chunk = next(c for c in step.prefill)
     assert list(chunk.tokens) == [1, 2, 7] and chunk.last
+
+
+def test_admission_prefers_the_slot_holding_the_longest_prefix() -> None:
+    held = {0: [1, 2, 3, 9], 1: [1, 2], 2: []}
+    s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64,
+                  cached_prefix=lambda slot, toks: len(
+                      [1 for a, b in zip(held[slot], toks) if a == b]))
+    seq = make_seq(5)  # prompt 1..5
+    s.add(seq)
+    step = s.schedule()
+    assert seq.slot == 0 and seq.num_computed == 3 and s.reused_tokens == 3
+    assert [(c.start_pos, list(c.tokens)) for c in step.prefill] == [(3, [4, 5])]
+
+
+def test_a_fully_cached_prompt_still_computes_its_last_token() -> None:
+    s = Scheduler(max_batch_size=1, max_queue=1, prefill_budget=64,
+                  cached_prefix=lambda slot, toks: len(toks))
+    seq = make_seq(4)
+    s.add(seq)
+    step = s.schedule()
+    assert seq.num_computed == 3 and [list(c.tokens) for c in step.prefill] == [[4]]
+
+
+def test_shared_prefix_is_measured_against_other_prompts_only() -> None:
+    s = Scheduler(max_batch_size=2, max_queue=2, prefill_budget=64)
+    a, b = make_seq(6, "a"), make_seq(3, "b")
+    b.prompt_ids = [1, 2, 7]
+    s.add(a)
+    s.add(b)
+    s.schedule()
+    assert s.shared_prefix(a) == 2 and s.shared_prefix(b) == 2

@@ -78,13 +78,17 @@ class Engine:
         self.backend = backend
         self.config = config
         self.metrics = metrics or Metrics("engine")
-        self.scheduler = Scheduler(config.max_batch_size, config.max_queue, config.prefill_budget)
+        prefix = backend.cached_prefix if backend.supports_prefix_cache and config.prefix_cache \
+            else None
+        self.scheduler = Scheduler(config.max_batch_size, config.max_queue, config.prefill_budget,
+                                   cached_prefix=prefix)
         self._cv = threading.Condition()
         self._stopping = False
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._ids = itertools.count()
         self._cap_bytes = config.memory_cap_mb * 1024 * 1024
+        self._reused = 0  # scheduler.reused_tokens already counted in the metric
         self.metrics.effective_max_batch_size.set(config.max_batch_size)
 
     @property
@@ -244,6 +248,8 @@ class Engine:
         with self._cv:
             self.scheduler.committed(step)
             self.metrics.prompt_tokens_total.inc(sum(len(c.tokens) for c in step.prefill))
+            self.metrics.prefix_cache_tokens_total.inc(self.scheduler.reused_tokens - self._reused)
+            self._reused = self.scheduler.reused_tokens
             by_slot = {s.slot: s for s in self.scheduler.running}
             for slot, row in logits.items():
                 owner = by_slot.get(slot)
@@ -287,7 +293,8 @@ class Engine:
         slot, was_running = seq.slot, seq.slot >= 0
         self.scheduler.finish(seq)
         if was_running:
-            self.backend.release(slot)
+            keep = self.scheduler.shared_prefix(seq) if self.scheduler.prefix_caching else 0
+            self.backend.release_keeping(slot, keep) if keep else self.backend.release(slot)
         tail = ""
         if flush and reason in ("stop", "length"):
             tail = seq.stop.push(seq.decoder.flush()) + seq.stop.flush()

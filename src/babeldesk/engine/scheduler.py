@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from typing import Callable, Sequence as Seq
 
 from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, StepInput
 from babeldesk.engine.sequence import SeqStatus, Sequence
@@ -16,7 +17,8 @@ from babeldesk.errors import QueueFull
 
 
 class Scheduler:
-    def __init__(self, max_batch_size: int, max_queue: int, prefill_budget: int) -> None:
+    def __init__(self, max_batch_size: int, max_queue: int, prefill_budget: int,
+                 cached_prefix: Callable[[int, Seq[int]], int] | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.effective_max_batch_size = max_batch_size  # lowered after out-of-memory
         self.max_queue = max_queue
@@ -24,6 +26,9 @@ class Scheduler:
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []  # admission order
         self._free_slots = list(range(max_batch_size - 1, -1, -1))
+        self._cached_prefix = cached_prefix  # (free slot, tokens) -> tokens its KV holds
+        self._recent: collections.deque[list[int]] = collections.deque(maxlen=8)  # prompts
+        self.reused_tokens = 0  # prompt tokens not prefilled thanks to a kept prefix
         self._finish_rate = 1.0  # requests/s, EWMA; for Retry-After
         self._last_finish = time.monotonic()
 
@@ -43,6 +48,10 @@ class Scheduler:
         return max(1.0, min(60.0, round(len(self.waiting) / max(self._finish_rate, 0.1))))
 
     @property
+    def prefix_caching(self) -> bool:
+        return self._cached_prefix is not None
+
+    @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -53,11 +62,12 @@ class Scheduler:
         now = time.monotonic()
         while self.waiting and self._free_slots and len(self.running) < self.effective_max_batch_size:
             seq = self.waiting.popleft()
-            seq.slot = self._free_slots.pop()
+            seq.start_prefill()
+            seq.slot = self._take_slot(seq)
             seq.status = SeqStatus.RUNNING
             if seq.admitted_at is None:
                 seq.admitted_at = now
-            seq.start_prefill()
+                self._recent.append(seq.prompt_ids)
             self.running.append(seq)
 
         step = StepInput()
@@ -74,6 +84,34 @@ class Scheduler:
                     PrefillChunk(seq.slot, chunk, start, start + n == seq.prefill_target))
                 budget -= n
         return step
+
+    def _take_slot(self, seq: Sequence) -> int:
+        """The free slot whose kept KV covers the longest prefix of the sequence (its
+        prefill starts after that prefix; at least one token is always computed)."""
+        if self._cached_prefix is None:
+            return self._free_slots.pop()
+        tokens = seq.tokens
+        hits = [self._cached_prefix(slot, tokens) for slot in self._free_slots]
+        best = max(range(len(hits)), key=lambda i: (hits[i], i))  # ties: the LIFO choice
+        reuse = min(hits[best], seq.prefill_target - 1)
+        seq.num_computed = max(reuse, 0)
+        self.reused_tokens += seq.num_computed
+        return self._free_slots.pop(best)
+
+    def shared_prefix(self, seq: Sequence) -> int:
+        """Length of the longest prompt prefix ``seq`` shares with another recent prompt:
+        what is worth keeping in its slot's KV when it leaves."""
+        best = 0
+        for other in self._recent:
+            if other is seq.prompt_ids:
+                continue
+            n = 0
+            for a, b in zip(other, seq.prompt_ids):
+                if a != b:
+                    break
+                n += 1
+            best = max(best, n)
+        return best
 
     def committed(self, step: StepInput) -> None:
         """The step ran: prefill chunks are now in the KV cache."""

@@ -67,6 +67,9 @@ class Metrics:
             p + "tokens_generated_total", "Generated (completion) tokens", registry=r)
         self.prompt_tokens_total = Counter(
             p + "prompt_tokens_total", "Prompt tokens prefilled", registry=r)
+        self.prefix_cache_tokens_total = Counter(
+            p + "prefix_cache_tokens_total",
+            "Prompt tokens whose KV was kept from an earlier request, not prefilled", registry=r)
         self.effective_max_batch_size = Gauge(
             p + "effective_max_batch_size",
             "Batch limit in force (lowered after out-of-memory)", registry=r)

@@ -91,6 +91,19 @@ class Backend(abc.ABC):
     def release(self, slot: int) -> None:
         """Forget the slot's KV cache; the slot may be reused at once."""
 
+    # Prefix caching (optional): a backend that can keep the KV of a prompt prefix that
+    # other requests share (a system prompt, a chat template's preamble) says so here.
+    supports_prefix_cache: bool = False
+
+    def cached_prefix(self, slot: int, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` the (free) slot's KV already holds."""
+        return 0
+
+    def release_keeping(self, slot: int, keep: int) -> None:
+        """Like ``release``, but keep the KV of the first ``keep`` positions (a prefix
+        other requests share; never customer-specific text)."""
+        self.release(slot)
+
     @abc.abstractmethod
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes one token of one sequence occupies (for memory caps)."""

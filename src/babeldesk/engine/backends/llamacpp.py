@@ -84,6 +84,8 @@ class LlamaCppBackend(Backend):
         self._eos = frozenset(
             t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
         self._piece_cache: dict[int, bytes] = {}
+        # tokens whose KV each slot holds, by position (kept across release for prefixes)
+        self._held: list[list[int]] = [[] for _ in range(config.max_batch_size)]
         self._template = self._meta("tokenizer.chat_template")
         self._bos_text = self._piece(lc.llama_vocab_bos(self._vocab), special=True)
         self._eos_text = self._piece(lc.llama_vocab_eos(self._vocab), special=True)
@@ -176,6 +178,9 @@ class LlamaCppBackend(Backend):
         n = batch.num_tokens
         if n > self._n_batch:
             raise OutOfMemory(f"step has {n} tokens; the llama batch holds {self._n_batch}")
+        for c in batch.prefill:  # a reused slot may hold more than the prefix it shares
+            if len(self._held[c.slot]) > c.start_pos:
+                self.release_keeping(c.slot, c.start_pos)
         want: list[tuple[int, int]] = []  # (slot, batch index)
         i = 0
 
@@ -202,6 +207,12 @@ class LlamaCppBackend(Backend):
             raise OutOfMemory("llama.cpp found no KV cache slot for this batch")
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
+        for d in batch.decode:
+            del self._held[d.slot][d.pos:]
+            self._held[d.slot].append(d.token)
+        for c in batch.prefill:
+            del self._held[c.slot][c.start_pos:]
+            self._held[c.slot].extend(c.tokens)
         out: dict[int, np.ndarray] = {}
         for slot, idx in want:
             ptr = lc.llama_get_logits_ith(self._ctx, idx)
@@ -209,7 +220,23 @@ class LlamaCppBackend(Backend):
         return out
 
     def release(self, slot: int) -> None:
-        self._lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self.release_keeping(slot, 0)
+
+    supports_prefix_cache = True
+
+    def cached_prefix(self, slot: int, tokens: Sequence[int]) -> int:
+        held = self._held[slot]
+        n = 0
+        for a, b in zip(held, tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def release_keeping(self, slot: int, keep: int) -> None:
+        # positions >= keep leave the slot's KV; with keep == 0 the slot is empty
+        self._lc.llama_memory_seq_rm(self._mem, slot, keep if keep > 0 else -1, -1)
+        del self._held[slot][max(keep, 0):]
 
     def kv_bytes_per_token(self) -> int:
         return self._kv_bytes
