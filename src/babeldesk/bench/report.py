@@ -254,7 +254,7 @@ def tune_table(report: TuneReport) -> Table:
 
     t = Table(title=f"babeldesk tune: {report.model} ({report.backend}, {report.device})")
     for col in ("batch", "max_len", "tokens/s", "req/s", "p99 ms", "TTFT\np99 ms",
-                "peak MiB", "note"):
+                "peak MiB", "load", "note"):
         t.add_column(col, justify="left" if col == "note" else "right")
     for p in report.points:
         mark = " *" if report.recommended is not None and p is report.recommended else ""
@@ -264,7 +264,7 @@ def tune_table(report: TuneReport) -> Table:
                   "-" if p.oom else f"{p.p99_ms:,.0f}",
                   "-" if p.oom else f"{p.ttft_p99_ms:,.0f}",
                   f"{p.peak_memory_bytes / 2**20:,.0f}" if p.peak_memory_bytes else "-",
-                  p.note)
+                  f"{p.loadavg_1m:.1f}", p.note)
     return t
 
 

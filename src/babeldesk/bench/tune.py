@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 import threading
 import time
@@ -108,6 +109,7 @@ class TunePoint:
     note: str = ""
     meets_slo: bool = False
     device: str = ""  # where the engine ran ("" when it never loaded)
+    loadavg_1m: float = 0.0  # the machine's 1-minute load average when the point ended
 
 
 @dataclass
@@ -277,6 +279,7 @@ def run_point(factory: EngineFactory, batch: int, max_len: int, config: TuneConf
         return point
     finally:
         point.peak_memory_bytes = probe.stop()
+        point.loadavg_1m = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0
         if handle is not None:
             handle.close()
         del handle
