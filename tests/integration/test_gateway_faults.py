@@ -203,16 +203,10 @@ def test_support_message_past_a_hung_upstream(stack) -> None:
     assert r.headers["x-babeldesk-upstream"] == stack.worker.url
 
 
-# Found by this test: SupportPipeline._model_answer ignores a TextDelta with
-# finish_reason "error" (the ChatModel protocol's "broken midway"), so the truncated text
-# becomes the reply (source "model", no handoff, no error event). The fix belongs to
-# src/babeldesk/support/pipeline.py; strict, so the fix makes this test fail until the
-# marker goes.
-SUPPORT_IGNORES_BROKEN_STREAM = pytest.mark.xfail(
-    strict=True, reason="support pipeline passes a stream broken midway off as a whole reply")
+# A model stream broken midway (finish_reason "error") ends the support reply as a handoff
+# (model_unavailable), never as the truncated text passed off as whole.
 
 
-@SUPPORT_IGNORES_BROKEN_STREAM
 def test_streamed_support_message_broken_midway_says_so(stack) -> None:
     """A streamed support message whose upstream drops mid-answer: the customer has seen
     part of the text, so it must not be replayed; the stream must say it broke."""
@@ -234,7 +228,6 @@ def test_streamed_support_message_broken_midway_says_so(stack) -> None:
     assert final_kind == "error" or (final_kind == "done" and final["handoff"]), events
 
 
-@SUPPORT_IGNORES_BROKEN_STREAM
 def test_support_message_broken_midway_is_not_a_whole_reply(stack) -> None:
     """Non-streamed: nothing has reached the customer yet, so the answer may be retried
     elsewhere or handed over to a human, but never the truncated text as the reply."""

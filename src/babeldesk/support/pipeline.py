@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 
 from babeldesk.config import SupportConfig
-from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge
+from babeldesk.errors import BabeldeskError, GenerationFailed, InvalidRequest, PayloadTooLarge
 from babeldesk.store import (
     AnswerCache,
     CacheKey,
@@ -273,7 +273,11 @@ class SupportPipeline:
         params = SamplingParams(max_tokens=self.config.reply_max_tokens,
                                 temperature=self.config.temperature)
         request = ChatRequest(messages, params, session_id=session_id)
-        parts = [d.text async for d in self.model.stream_chat(request)]
+        parts: list[str] = []
+        async for delta in self.model.stream_chat(request):
+            if delta.error or delta.finish_reason == "error":
+                raise GenerationFailed(delta.error or "model stream broke off")
+            parts.append(delta.text)
         return "".join(parts).strip()
 
     async def _model_answer(self, transcript: Transcript, text: str, lang: str,
@@ -298,6 +302,9 @@ class SupportPipeline:
         try:
             request = ChatRequest(messages, params, session_id=transcript.session_id)
             async for delta in self.model.stream_chat(request):
+                if delta.error or delta.finish_reason == "error":
+                    # broken midway: what was streamed stays, the reply is a handoff
+                    raise GenerationFailed(delta.error or "model stream broke off")
                 parts.append(delta.text)
                 if held is not None:
                     held += delta.text
