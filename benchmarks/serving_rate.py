@@ -71,7 +71,8 @@ class Server:
 
 @dataclass
 class Search:
-    """Doubling until a trial misses the SLO, then bisection (geometric midpoint)."""
+    """Doubling until a rate misses the SLO twice in a row, then bisection (geometric
+    midpoint)."""
 
     target: str
     server: Server
@@ -79,7 +80,8 @@ class Search:
     rate: float
     slo_ms: float
     lo: float = 0.0  # highest rate that met the SLO
-    hi: float = math.inf  # lowest rate that missed it
+    hi: float = math.inf  # lowest rate that missed it (twice in a row)
+    retried: bool = False  # the current rate missed once and is being tried again
     trials: list[dict[str, Any]] = field(default_factory=list)
 
     def done(self, precision: float, min_rate: float, max_trials: int) -> bool:
@@ -87,10 +89,17 @@ class Search:
                 or (self.lo == 0 and self.hi <= min_rate))
 
     def record(self, result: TrialResult) -> None:
+        """A miss counts only when the same rate misses again right away: on a shared
+        machine one stalled trial would otherwise cap the whole search."""
         if result.meets(self.slo_ms):
             self.lo = max(self.lo, result.rate)
+            self.retried = False
+        elif not self.retried:
+            self.retried = True
+            return  # same rate once more
         else:
             self.hi = min(self.hi, result.rate)
+            self.retried = False
         if self.hi == math.inf:
             self.rate = self.lo * 2
         elif self.lo == 0:
@@ -302,7 +311,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="wait for stragglers, seconds")
     p.add_argument("--precision", type=float, default=0.05, help="stop when hi/lo <= 1 + this")
     p.add_argument("--min-rate", type=float, default=2.0)
-    p.add_argument("--max-trials", type=int, default=12, help="per target")
+    p.add_argument("--max-trials", type=int, default=16, help="per target")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between trials")
     p.add_argument("--wrk-seconds", type=float, default=5.0,
                    help="closed-loop wrk cross-check per ceiling/cache target (0: none; "
