@@ -4,13 +4,14 @@ Never a stack trace, never a 500 for a client mistake."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -91,6 +92,32 @@ def decode_json_body(raw: bytes, limit: int) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+
+
+# --- clients that go away ---------------------------------------------------------------
+
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` for a non-streamed response, cancelling it when the client hangs up
+    (a streamed response is cancelled by the server itself), so an abandoned request
+    does not keep a batch slot generating for nobody."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while not task.done():
+            if await request.is_disconnected():
+                task.cancel()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
 
 
 # --- graceful shutdown ------------------------------------------------------------------

@@ -116,3 +116,26 @@ def test_64_concurrent_streams_with_early_disconnects(smol_worker) -> None:
     assert "babeldesk_queue_depth 0.0" in metrics
     assert "babeldesk_running_sequences 0.0" in metrics
     assert 'babeldesk_engine_requests_total{finish_reason="abort"}' in metrics
+
+
+def _aborted(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith('babeldesk_engine_requests_total{finish_reason="abort"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_non_streamed_client_that_hangs_up_frees_its_slot(smol_worker) -> None:
+    before = _aborted(smol_worker.url)
+    body = {"messages": [{"role": "user", "content": "Write a very long story about a parcel."}],
+            "max_tokens": 900, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(smol_worker.url + "/v1/chat/completions", json=body, timeout=1.0)
+    ready = {}
+    for _ in range(100):  # well before 900 tokens could have been generated
+        ready = httpx.get(smol_worker.url + "/ready").json()
+        if ready["running"] == 0 and ready["waiting"] == 0:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert ready["running"] == 0 and ready["waiting"] == 0
+    assert _aborted(smol_worker.url) == before + 1  # cancelled, not run to its end

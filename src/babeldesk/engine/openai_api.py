@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from babeldesk.errors import InvalidRequest, ModelNotFound
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
-from babeldesk.web import decode_json_body, read_body
+from babeldesk.web import cancel_on_disconnect, decode_json_body, read_body
 
 MAX_STOP = 4
 
@@ -206,13 +206,18 @@ def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         parts: list[str] = []
-        final: TextDelta | None = None
-        try:
-            async for delta in stream:
-                parts.append(delta.text)
-                final = delta
-        finally:
-            stream.cancel()
+
+        async def drain() -> TextDelta | None:
+            last = None
+            try:
+                async for delta in stream:
+                    parts.append(delta.text)
+                    last = delta
+            finally:
+                stream.cancel()  # also when the client hung up: the slot is freed
+            return last
+
+        final = await cancel_on_disconnect(request, drain())
         assert final is not None and final.usage is not None
         if final.error:
             return JSONResponse({"error": {"type": "generation_failed", "message": final.error}},

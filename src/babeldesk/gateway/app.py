@@ -23,7 +23,7 @@ from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthori
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
-from babeldesk.web import decode_json_body, install_error_handlers, read_body
+from babeldesk.web import cancel_on_disconnect, decode_json_body, install_error_handlers, read_body
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -157,7 +157,8 @@ def create_app(state: GatewayState) -> FastAPI:
                                               "X-Accel-Buffering": "no"})
         # a JSONResponse as is: FastAPI would otherwise walk the dict through
         # jsonable_encoder first (plain str/float/None values need no encoding)
-        return JSONResponse((await pipeline.handle(req)).to_dict())
+        reply = await cancel_on_disconnect(request, pipeline.handle(req))
+        return JSONResponse(reply.to_dict())
 
     @app.get("/v1/support/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:
