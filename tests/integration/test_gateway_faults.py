@@ -235,9 +235,13 @@ def test_support_message_broken_midway_is_not_a_whole_reply(stack) -> None:
     stack.faulty.mode = "drop"
     r, tried = _tried(stack, lambda: stack.client.post("/v1/support/messages", json={
         "session_id": sid, "message": "Tell me one short fact about comets."}))
-    assert tried == 1 and r.status_code == 200
+    # the pipeline generates the answer once more (nothing was shown yet); session
+    # affinity may send that try to the same faulty upstream, which drops it again
+    assert tried in (1, 2) and r.status_code == 200
     body = r.json()
     assert body["handoff"] or "faulty:" not in body["reply"], body
+    if body["handoff"]:
+        assert body["handoff"] == {"reason": "model_unavailable"}
 
 
 def _worker_requests(stack: Stack) -> int:

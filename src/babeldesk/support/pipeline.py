@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 HUMAN_INTENT = "contact_human"
 HISTORY_TURNS = 20
+MODEL_ATTEMPTS = 2  # model answers tried when one fails before any text is shown
 FALLBACK_HANDOFF = "A colleague from our team will take over this conversation shortly."  # transcript turns read per message (the prompt budget trims further)
 
 
@@ -151,12 +152,14 @@ class SupportPipeline:
         self._verifier = llm_verifier(model) if model is not None and config.verifier else None
 
     async def handle(self, request: SupportRequest) -> SupportReply:
-        async for item in self.stream(request):
+        async for item in self.stream(request, live=False):
             if isinstance(item, SupportReply):
                 return item
         raise RuntimeError("support stream ended without a reply")
 
-    async def stream(self, request: SupportRequest) -> AsyncIterator[Event]:
+    async def stream(self, request: SupportRequest, *, live: bool = True) -> AsyncIterator[Event]:
+        """Deltas, then the reply. ``live`` False: nobody sees the deltas before the reply,
+        so a model answer that breaks off can be generated again instead of handed off."""
         started = time.perf_counter()
         text = validate_message(request.message, self.max_message_chars)
         explicit = normalize_language_code(request.language) if request.language else None
@@ -177,7 +180,7 @@ class SupportPipeline:
             match = await self.matcher.amatch(text, self._verifier)
             outcome = await self._decide(session_id, transcript, text, lang, match)
             if outcome is None:  # the model path streams
-                async for item in self._model_answer(transcript, text, lang, match):
+                async for item in self._model_answer(transcript, text, lang, match, live):
                     if isinstance(item, str):
                         yield item
                     else:
@@ -281,9 +284,11 @@ class SupportPipeline:
         return "".join(parts).strip()
 
     async def _model_answer(self, transcript: Transcript, text: str, lang: str,
-                            match: Match) -> AsyncIterator[str | _Outcome]:
+                            match: Match, live: bool = True) -> AsyncIterator[str | _Outcome]:
         """Grounded answer from the model, streamed. NO_ANSWER, a failing model or a reply
-        that leaks the instructions end as a handoff / a safe reply instead."""
+        that leaks the instructions end as a handoff / a safe reply instead. A model stream
+        that fails before any of its text was shown is tried once more (the fleet routes the
+        retry around a worker that just failed)."""
         if self.model is None:
             yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
             return
@@ -297,29 +302,36 @@ class SupportPipeline:
                                  self.config.history_tokens)
         params = SamplingParams(max_tokens=self.config.reply_max_tokens,
                                 temperature=self.config.temperature)
-        parts: list[str] = []
-        held = ""  # text held back while it may still become NO_ANSWER
-        try:
-            request = ChatRequest(messages, params, session_id=transcript.session_id)
-            async for delta in self.model.stream_chat(request):
-                if delta.error or delta.finish_reason == "error":
-                    # broken midway: what was streamed stays, the reply is a handoff
-                    raise GenerationFailed(delta.error or "model stream broke off")
-                parts.append(delta.text)
-                if held is not None:
-                    held += delta.text
-                    probe = held.lstrip()
-                    if NO_ANSWER.startswith(probe) or probe.startswith(NO_ANSWER):
+        request = ChatRequest(messages, params, session_id=transcript.session_id)
+        for attempt in range(MODEL_ATTEMPTS):
+            parts: list[str] = []
+            held: str | None = ""  # text held back while it may still become NO_ANSWER
+            try:
+                async for delta in self.model.stream_chat(request):
+                    if delta.error or delta.finish_reason == "error":
+                        raise GenerationFailed(delta.error or "model stream broke off")
+                    parts.append(delta.text)
+                    if not live:
                         continue
-                    yield held
-                    held = None  # type: ignore[assignment]
-                elif delta.text:
-                    yield delta.text
-        except BabeldeskError as exc:
-            log.warning("model path failed: %s", exc.message)
-            yield await self._handoff(lang, HandoffReason.MODEL_UNAVAILABLE, match.intent,
-                                      match.confidence)
-            return
+                    if held is not None:
+                        held += delta.text
+                        probe = held.lstrip()
+                        if NO_ANSWER.startswith(probe) or probe.startswith(NO_ANSWER):
+                            continue
+                        yield held
+                        held = None
+                    elif delta.text:
+                        yield delta.text
+                break
+            except BabeldeskError as exc:
+                shown = live and held is None  # some text already reached the customer
+                if shown or attempt + 1 == MODEL_ATTEMPTS:
+                    log.warning("model path failed: %s", exc.message)
+                    yield await self._handoff(lang, HandoffReason.MODEL_UNAVAILABLE,
+                                              match.intent, match.confidence)
+                    return
+                log.warning("model path failed before any text was shown (%s); retrying",
+                            exc.message)
         reply = "".join(parts).strip()
         if not reply or NO_ANSWER in reply:
             yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
