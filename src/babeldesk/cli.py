@@ -7,7 +7,7 @@ part that does the work.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -22,7 +22,7 @@ app = typer.Typer(
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -164,45 +164,28 @@ def worker(
     drain_grace_s: Optional[float] = typer.Option(None),
 ) -> None:
     """Serve one engine over an OpenAI-compatible API."""
-    from babeldesk.config import load_config
-    from babeldesk.errors import BabeldeskError
-
-    try:
-        cfg = load_config(
-            config,
-            overrides={
-                "engine": _engine_overrides(
-                    model=model, backend=backend, dtype=dtype, quantization=quantization,
+    cfg = _load_config(
+        config,
+        engine=dict(model=model, backend=backend, dtype=dtype, quantization=quantization,
                     device=device, max_batch_size=max_batch_size, max_model_len=max_model_len,
                     max_new_tokens=max_new_tokens, max_queue=max_queue,
-                    prefill_budget=prefill_budget, threads=threads,
-                    memory_cap_mb=memory_cap_mb, served_model_name=served_model_name,
-                    prefix_cache=prefix_cache,
-                ),
-                "worker": _engine_overrides(host=host, port=port, drain_grace_s=drain_grace_s),
-            },
-        )
-    except BabeldeskError as exc:
-        _fail(exc.message)
-        return
+                    prefill_budget=prefill_budget, threads=threads, memory_cap_mb=memory_cap_mb,
+                    served_model_name=served_model_name, prefix_cache=prefix_cache),
+        worker=dict(host=host, port=port, drain_grace_s=drain_grace_s))
     from babeldesk.worker.server import run_worker
 
-    raise typer.Exit(run_worker(cfg))
+    raise typer.Exit(run_worker(cfg))  # type: ignore[arg-type]
 
 
 # --- serve / gateway (issue 3: the support assistant) ----------------------------------------
 
 
-def _support_config(config: Optional[Path], engine: dict[str, object], gateway: dict[str, object],
-                    store: dict[str, object], support: dict[str, object],
-                    fleet: dict[str, object] | None = None) -> object:
+def _load_config(config: Optional[Path], **sections: dict[str, object]) -> object:
+    """YAML < env < the given flags (``None`` = not given), or exit 2 naming the bad key."""
     from babeldesk.config import load_config
     from babeldesk.errors import BabeldeskError
 
-    overrides = {"engine": _engine_overrides(**engine), "gateway": _engine_overrides(**gateway),
-                 "store": _engine_overrides(**store), "support": _engine_overrides(**support)}
-    if fleet:
-        overrides["fleet"] = _engine_overrides(**fleet)
+    overrides = {name: _engine_overrides(**flags) for name, flags in sections.items()}
     try:
         return load_config(config, overrides=overrides)
     except BabeldeskError as exc:
@@ -224,13 +207,14 @@ def serve(
     sessions: Optional[str] = typer.Option(None, help="sqlite:///path.db | redis://host:6379/0 | memory://"),
     cache: Optional[str] = typer.Option(None, help="memory:// | redis://host:6379/0"),
     webhook: Optional[str] = typer.Option(None, help="URL that receives handoff events."),
-    verifier: Optional[bool] = typer.Option(None, "--verifier/--no-verifier",
-                                            help="Let the model confirm, switch or veto unsure intent matches (off by default)."),
+    verifier: Optional[bool] = typer.Option(
+        None, "--verifier/--no-verifier",
+        help="Let the model confirm, switch or veto unsure intent matches (off by default)."),
     max_message_chars: Optional[int] = typer.Option(None),
     api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' on /v1/*."),
 ) -> None:
     """The support assistant in one process: chat page, support API, OpenAI API, engine."""
-    cfg = _support_config(
+    cfg = _load_config(
         config,
         engine=dict(model=model, backend=backend, dtype=dtype, threads=threads,
                     max_batch_size=max_batch_size, max_model_len=max_model_len),
@@ -261,8 +245,8 @@ def gateway(
     api_key: Optional[str] = typer.Option(None),
 ) -> None:
     """The support assistant in front of OpenAI-compatible workers."""
-    cfg = _support_config(
-        config, engine={},
+    cfg = _load_config(
+        config,
         gateway=dict(host=host, port=port, api_key=api_key),
         store=dict(sessions_url=sessions, cache_url=cache),
         support=dict(kb=kb, handoff_webhook=webhook, verifier=verifier),
