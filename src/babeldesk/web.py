@@ -5,6 +5,7 @@ Never a stack trace, never a 500 for a client mistake."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import math
@@ -22,6 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge, QueueFull, Unavailable
 
 log = logging.getLogger(__name__)
+
+
+class Phase(str, enum.Enum):
+    """Where an app (worker, gateway) is in its life; only READY serves."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
 
 
 def error_response(exc: BabeldeskError) -> JSONResponse:

@@ -7,7 +7,6 @@ until it is, ``/ready`` is 503 and the API answers 503 with Retry-After.
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -23,16 +22,15 @@ from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthori
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
-from babeldesk.web import cancel_on_disconnect, decode_json_body, install_error_handlers, read_body
+from babeldesk.web import (
+    Phase,
+    cancel_on_disconnect,
+    decode_json_body,
+    install_error_handlers,
+    read_body,
+)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-
-
-class Phase(str, enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"
-    FAILED = "failed"
 
 
 class GatewayState:

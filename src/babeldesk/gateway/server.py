@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
     """KB, matcher, stores and webhook from config; ``model`` is the engine or the fleet."""
     sup, store = config.support, config.store
     kb = load_kb(Path(sup.kb) if sup.kb else None)
-    band = ({"verify_low": sup.verify_low, "verify_high": sup.verify_high} if sup.verifier
-            else {})  # without the verifier the matcher's own (empty) band applies
-    matcher = IntentMatcher.from_kb(kb, MatcherConfig(threads=sup.matcher_threads, **band))
+    matcher_config = MatcherConfig(threads=sup.matcher_threads)
+    if sup.verifier:  # without it the matcher's own (empty) verify band applies
+        matcher_config = replace(matcher_config, verify_low=sup.verify_low,
+                                 verify_high=sup.verify_high)
+    matcher = IntentMatcher.from_kb(kb, matcher_config)
     notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
                 if sup.handoff_webhook else None)
     redactor = Redactor(store.redact_phone_regions) if store.redact else None

@@ -4,7 +4,6 @@ loaded; draining (SIGTERM) turns it back to 503 and refuses new generations."""
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Any
 
@@ -17,16 +16,9 @@ from babeldesk.engine.openai_api import GuardedEngine, openai_router
 from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
-from babeldesk.web import install_error_handlers
+from babeldesk.web import Phase, install_error_handlers
 
 log = logging.getLogger(__name__)
-
-
-class Phase(str, enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"
-    FAILED = "failed"
 
 
 class WorkerState:
