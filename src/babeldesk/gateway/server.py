@@ -59,7 +59,7 @@ def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any
         state.phase = Phase.DRAINING
 
     def busy() -> int:
-        n = int(metrics.requests_in_flight.labels(metrics.app)._value.get())
+        n = metrics.in_flight()
         return n + (busy_extra() if busy_extra else 0)
 
     ucfg = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning",

@@ -109,6 +109,10 @@ class Metrics:
         self.gpu_memory_total_bytes = Gauge(
             p + "gpu_memory_total_bytes", "GPU memory total", ["gpu"], registry=r)
 
+    def in_flight(self) -> int:
+        """HTTP requests of this app being served now (for draining)."""
+        return int(self.requests_in_flight.labels(self.app)._value.get())
+
     def render(self) -> bytes:
         """Prometheus text exposition of this registry."""
         return generate_latest(self.registry)

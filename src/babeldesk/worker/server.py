@@ -59,7 +59,7 @@ def run_worker(config: Config) -> int:
     def busy() -> int:
         engine = state.engine
         in_engine = 0 if engine is None else engine.num_running + engine.num_waiting
-        return int(metrics.requests_in_flight.labels(metrics.app)._value.get()) + in_engine
+        return metrics.in_flight() + in_engine
 
     server = DrainingServer(ucfg, grace_s=config.worker.drain_grace_s, on_drain=on_drain,
                             busy=busy)
