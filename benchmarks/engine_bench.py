@@ -8,6 +8,10 @@ The same chat requests (engine_workload.py) go to one setting at a time:
   tf-int8          babeldesk worker, transformers backend, dynamic int8
   llamacpp         babeldesk worker, llamacpp backend
   llamacpp-server  llama-cpp-python's own OpenAI-compatible server, same GGUF
+  llamacpp-iq4nl   babeldesk worker, llamacpp backend, --requantize iq4_nl (same GGUF,
+                   re-encoded once at load into weights whose CPU kernels batch)
+  llamacpp-server-iq4nl  llama-cpp-python's server on that re-encoded file: separates what
+                   the weight format gives from what batching gives
 
 in the modes burst (all at once), poisson (a fixed rate per model), and, for the two
 llama.cpp settings, closed16 / closed1 (closed loop, 16 or 1 concurrent clients). Every
@@ -50,9 +54,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "engine"
 BIN = Path(sys.executable).parent / "babeldesk"
-SETTINGS = ("llamacpp", "llamacpp-server", "tf-float32", "tf-bfloat16", "tf-int8", "pipeline")
+SETTINGS = ("llamacpp", "llamacpp-server", "llamacpp-iq4nl", "llamacpp-server-iq4nl",
+            "tf-float32", "tf-bfloat16", "tf-int8", "pipeline")
 MODES = ("burst", "poisson", "closed16", "closed1")
-CLOSED_ONLY_FOR = ("llamacpp", "llamacpp-server")  # the peer comparison
+CLOSED_ONLY_FOR = ("llamacpp", "llamacpp-server", "llamacpp-iq4nl",
+                   "llamacpp-server-iq4nl")  # the peer comparison
 RATE_FACTOR = 0.8  # poisson rate = this x babeldesk llamacpp burst requests/s
 CONTEXT = 512  # tokens per sequence, both llama.cpp servers (prompts ~40-80 + 64 new)
 MAX_BATCH = 32
@@ -138,10 +144,15 @@ class Retokenizer:
 
 def server_command(spec: RunSpec, port: int) -> tuple[list[str], str]:
     """The serving process and its readiness URL."""
-    if spec.setting == "llamacpp-server":
+    if spec.setting.startswith("llamacpp-server"):
+        from babeldesk.config import Requantize
+        from babeldesk.engine.backends.llamacpp import requantized
         from babeldesk.engine.models import resolve_model
 
-        gguf = str(resolve_model(spec.model).path)
+        path = resolve_model(spec.model).path
+        if spec.setting.endswith("-iq4nl"):  # the file the worker's --requantize makes
+            path = requantized(path, Requantize.IQ4_NL, spec.threads)
+        gguf = str(path)
         # interrupt_requests defaults to True: a waiting request would cut the running
         # stream short. Off, so that every request gets its 64 tokens.
         return ([sys.executable, "-m", "llama_cpp.server", "--model", gguf,
@@ -151,6 +162,7 @@ def server_command(spec: RunSpec, port: int) -> tuple[list[str], str]:
                  "--host", "127.0.0.1", "--port", str(port)], "/v1/models")
     backend, dtype, quant = {
         "llamacpp": ("llamacpp", "auto", "none"),
+        "llamacpp-iq4nl": ("llamacpp", "auto", "none"),
         "tf-float32": ("transformers", "float32", "none"),
         "tf-bfloat16": ("transformers", "bfloat16", "none"),
         "tf-int8": ("transformers", "float32", "int8"),
@@ -158,7 +170,9 @@ def server_command(spec: RunSpec, port: int) -> tuple[list[str], str]:
     return ([str(BIN), "worker", "--model", spec.model, "--backend", backend, "--dtype", dtype,
              "--quantization", quant, "--threads", str(spec.threads),
              "--max-batch-size", str(MAX_BATCH), "--max-model-len", str(CONTEXT),
-             "--max-queue", "4096", "--host", "127.0.0.1", "--port", str(port)], "/ready")
+             "--max-queue", "4096", "--host", "127.0.0.1", "--port", str(port),
+             *(["--requantize", "iq4_nl"] if spec.setting == "llamacpp-iq4nl" else [])],
+            "/ready")
 
 
 def free_port() -> int:

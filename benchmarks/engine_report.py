@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 IMG = HERE.parent / "docs" / "img"
 BEGIN, END = "<!-- engine-bench:begin -->", "<!-- engine-bench:end -->"
-SETTING_ORDER = ("pipeline", "tf-float32", "tf-bfloat16", "tf-int8", "llamacpp", "llamacpp-server")
+SETTING_ORDER = ("pipeline", "tf-float32", "tf-bfloat16", "tf-int8", "llamacpp", "llamacpp-server",
+                 "llamacpp-iq4nl", "llamacpp-server-iq4nl")
 MODE_ORDER = ("burst", "poisson", "closed16", "closed1")
 LABEL = {
     "pipeline": "(a) HF pipeline fp32 bs=32",
@@ -23,6 +24,8 @@ LABEL = {
     "tf-int8": "(b) babeldesk tf int8",
     "llamacpp": "(c) babeldesk llamacpp",
     "llamacpp-server": "(d) llama-cpp-python server",
+    "llamacpp-iq4nl": "(c') babeldesk llamacpp --requantize iq4_nl",
+    "llamacpp-server-iq4nl": "(d') llama-cpp-python server on the iq4_nl file",
 }
 
 
@@ -100,14 +103,22 @@ def targets(runs: list[dict], model: str) -> list[str]:
         out.append(f"- {LABEL[setting]} vs {LABEL['pipeline']}: tokens/s x{rb:.2f} (burst), "
                    f"x{rp:.2f} (poisson); poisson e2e p99 {_s(p99)} s vs {_s(p99_pipe)} s: "
                    f"**{'met' if met else 'missed'}** (target x3 and lower p99)")
-    c16 = _get(runs, model, "llamacpp", "closed16")
-    s16 = _get(runs, model, "llamacpp-server", "closed16")
-    c1 = _get(runs, model, "llamacpp", "closed1")
-    s1 = _get(runs, model, "llamacpp-server", "closed1")
+    for ours, peer in (("llamacpp", "llamacpp-server"), ("llamacpp-iq4nl", "llamacpp-server"),
+                       ("llamacpp-iq4nl", "llamacpp-server-iq4nl")):
+        out += _peer_lines(runs, model, ours, peer)
+    return out
+
+
+def _peer_lines(runs: list[dict], model: str, ours: str, peer: str) -> list[str]:
+    out: list[str] = []
+    c16 = _get(runs, model, ours, "closed16")
+    s16 = _get(runs, model, peer, "closed16")
+    c1 = _get(runs, model, ours, "closed1")
+    s1 = _get(runs, model, peer, "closed1")
     if c16 and s16:
         r = c16["summary"]["requests_per_s"] / max(s16["summary"]["requests_per_s"], 1e-9)
         t = c16["summary"]["output_tokens_per_s"] / max(s16["summary"]["output_tokens_per_s"], 1e-9)
-        out.append(f"- {LABEL['llamacpp']} vs {LABEL['llamacpp-server']}, 16 clients: "
+        out.append(f"- {LABEL[ours]} vs {LABEL[peer]}, 16 clients: "
                    f"req/s x{r:.2f} (tokens/s x{t:.2f}): **{'met' if r >= 2 else 'missed'}** "
                    "(target x2)")
     if c1 and s1:

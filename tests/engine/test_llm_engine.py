@@ -172,3 +172,29 @@ def test_prefix_cache_reuses_the_shared_system_prompt_without_changing_answers()
         else:
             assert reused == 0 and held == [0, 0]  # every slot cleared when its request ended
     assert answers[True] == answers[False]
+
+
+def test_requantize_reencodes_once_into_the_cache_and_still_batches_exactly(
+        tmp_path, monkeypatch) -> None:
+    from babeldesk.config import Requantize
+    from babeldesk.engine.backends import llamacpp
+    from babeldesk.engine.models import resolve_model
+
+    source = resolve_model("smollm2-135m").path
+    monkeypatch.setenv("BABELDESK_CACHE_DIR", str(tmp_path))
+    made = llamacpp.requantized(source, Requantize.Q4_0, threads=1)
+    assert made.parent == tmp_path / "requantized" and made.stat().st_size > 0
+    assert made.stat().st_size < source.stat().st_size  # q4_0 is smaller than the file's q4_1
+    assert llamacpp.requantized(source, Requantize.Q4_0, threads=1) == made  # cached
+    stamp = made.stat().st_mtime_ns
+    e = engine(model=str(source), requantize=Requantize.Q4_0)
+    try:
+        assert e.backend.weights_type == "q4_0"
+        alone = [asyncio.run(run_all(e, [q]))[0] for q in QUESTIONS[:3]]
+        together = asyncio.run(run_all(e, QUESTIONS[:3]))
+    finally:
+        e.shutdown()
+    assert made.stat().st_mtime_ns == stamp  # the engine reused the cached file
+    assert [a.text for a in alone] == [b.text for b in together]
+    assert all(a.text for a in alone)
+    assert not list((tmp_path / "requantized").glob("*.tmp"))

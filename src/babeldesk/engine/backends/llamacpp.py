@@ -9,16 +9,19 @@ slot's KV cells are removed when the sequence leaves. The KV cache is split per 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from babeldesk.config import EngineConfig
+from babeldesk.config import EngineConfig, Requantize
 from babeldesk.engine.backends.base import Backend, StepInput, TokenDecoder
 from babeldesk.engine.detokenize import ByteTokenDecoder
-from babeldesk.engine.models import ModelSource, SourceKind
+from babeldesk.engine.models import ModelSource, SourceKind, cache_dir
 from babeldesk.errors import ModelLoadError, OutOfMemory
 from babeldesk.types import ChatMessage
 
@@ -45,6 +48,43 @@ def _llama():  # imported lazily: heavy, and only this backend needs it
     return llama_cpp
 
 
+# llama.cpp's file types (enum llama_ftype) for the ``engine.requantize`` choices
+_FTYPES = {Requantize.Q4_0: 2, Requantize.Q8_0: 7, Requantize.IQ4_NL: 25}
+
+
+def requantized(path: Path, kind: Requantize, threads: int) -> Path:
+    """The GGUF at ``path`` re-encoded as ``kind``, made once and kept in the cache folder.
+
+    On CPU, llama.cpp multiplies a batch of tokens by q4_0 / iq4_nl weights with repacked
+    GEMM kernels, but by q4_1 or most k-quant tensors one dot product per token: several
+    sequences (or prompt tokens) then cost nearly as much as one each. Re-encoding once
+    buys the batched kernels; the answers change a little (a second rounding of weights).
+    """
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    target = cache_dir() / "requantized" / f"{path.stem}.{kind.value}.{key[:16]}.gguf"
+    if target.is_file():
+        return target
+    lc = _llama()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = _FTYPES[kind]
+    params.allow_requantize = True
+    params.nthread = threads
+    started = time.perf_counter()
+    try:
+        rc = lc.llama_model_quantize(str(path).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise ModelLoadError(f"llama.cpp could not re-encode {path} as {kind.value} (rc {rc})")
+        os.replace(tmp, target)  # atomic: a concurrent loader sees all of it or nothing
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("llamacpp: re-encoded %s as %s in %.1f s -> %s", path.name, kind.value,
+             time.perf_counter() - started, target)
+    return target
+
+
 class LlamaCppBackend(Backend):
     name = "llamacpp"
 
@@ -58,9 +98,12 @@ class LlamaCppBackend(Backend):
         self.config = config
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = 0 if config.device in ("auto", "cpu") else -1
-        self._model = lc.llama_model_load_from_file(str(source.path).encode(), mparams)
+        path = Path(source.path)
+        if config.requantize != Requantize.NONE:
+            path = requantized(path, config.requantize, config.threads)
+        self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load {source.path}")
+            raise ModelLoadError(f"llama.cpp could not load {path}")
         self._vocab = lc.llama_model_get_vocab(self._model)
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self._n_batch = config.prefill_budget + config.max_batch_size
@@ -87,6 +130,7 @@ class LlamaCppBackend(Backend):
         # tokens whose KV each slot holds, by position (kept across release for prefixes)
         self._held: list[list[int]] = [[] for _ in range(config.max_batch_size)]
         self._template = self._meta("tokenizer.chat_template")
+        self._formatter = None  # the compiled chat template, made on first use
         self._bos_text = self._piece(lc.llama_vocab_bos(self._vocab), special=True)
         self._eos_text = self._piece(lc.llama_vocab_eos(self._vocab), special=True)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
@@ -97,8 +141,10 @@ class LlamaCppBackend(Backend):
         # K and V, f16, per layer: n_head_kv * head_dim values each
         self._kv_bytes = n_layer * 2 * n_head_kv * (n_embd // max(n_head, 1)) * 2
         self._weights = lc.llama_model_size(self._model)
-        log.info("llamacpp: %s loaded, weights %.1f MiB, kv %.1f KiB/token, %d slots x %d",
-                 source.reference, self._weights / 2**20, self._kv_bytes / 1024,
+        self.weights_type = config.requantize.value if config.requantize != Requantize.NONE \
+            else "as in the file"
+        log.info("llamacpp: %s loaded (weights %s), weights %.1f MiB, kv %.1f KiB/token, %d slots x %d",
+                 source.reference, self.weights_type, self._weights / 2**20, self._kv_bytes / 1024,
                  config.max_batch_size, config.max_model_len)
 
     # --- metadata / tokenizer ------------------------------------------------------------
@@ -143,14 +189,16 @@ class LlamaCppBackend(Backend):
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         if not self._template:
             raise ModelLoadError("the GGUF has no tokenizer.chat_template")
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        fmt = self._formatter
+        if fmt is None:  # compiling the Jinja template costs ~1 ms: once per backend
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        fmt = Jinja2ChatFormatter(
-            template=self._template,
-            eos_token=self._eos_text.decode("utf-8", errors="replace"),
-            bos_token=self._bos_text.decode("utf-8", errors="replace"),
-            add_generation_prompt=True,
-        )
+            fmt = self._formatter = Jinja2ChatFormatter(
+                template=self._template,
+                eos_token=self._eos_text.decode("utf-8", errors="replace"),
+                bos_token=self._bos_text.decode("utf-8", errors="replace"),
+                add_generation_prompt=True,
+            )
         chat = [{"role": m.role, "content": m.content} for m in messages]
         return fmt(messages=chat).prompt  # type: ignore[arg-type]
 
