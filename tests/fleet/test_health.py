@@ -6,13 +6,13 @@ import asyncio
 import random
 from typing import Iterator
 
-import httpx
 import pytest
 from faulty_server import FaultyServer
 
 from babeldesk.config import FleetConfig, UpstreamConfig
 from babeldesk.fleet import Fleet
 from babeldesk.fleet.health import HealthChecker, jittered
+from babeldesk.fleet.http import HTTPClient
 from babeldesk.telemetry.metrics import Metrics
 
 
@@ -51,16 +51,18 @@ async def test_never_more_than_one_probe_in_flight(server: FaultyServer) -> None
     server.ready_hang = True
     cfg = FleetConfig(upstreams=(UpstreamConfig(server.url),), health_interval_s=0,
                       health_timeout_s=0.3, unhealthy_threshold=1)
-    async with httpx.AsyncClient() as client:
-        fleet = Fleet(cfg)
-        await fleet.refresh()
-        checker = HealthChecker(cfg, client)
-        (up,) = fleet.pool.upstreams
-        results = await asyncio.gather(*(checker.check(up) for _ in range(10)))
-        assert results.count(None) == 9 and results.count(False) == 1
-        assert server.probes == 1 and server.max_probes_in_flight == 1
-        assert not up.healthy and "timed out" in up.last_error
-        await fleet.aclose()
+    client = HTTPClient(connect_timeout_s=1, read_timeout_s=5)
+    fleet = Fleet(cfg)
+    await fleet.refresh()
+    checker = HealthChecker(cfg, client)
+    (up,) = fleet.pool.upstreams
+    results = await asyncio.gather(*(checker.check(up) for _ in range(10)))
+    assert results.count(None) == 9 and results.count(False) == 1
+    assert server.probes == 1 and server.max_probes_in_flight == 1
+    assert not up.healthy and "timed out" in up.last_error
+    assert client.connections == (0, 0)  # the timed-out probe's connection was closed
+    await client.aclose()
+    await fleet.aclose()
 
 
 async def test_probe_loop_runs_jittered(server: FaultyServer) -> None:

@@ -30,14 +30,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
-import httpx
-
 from babeldesk.config import FleetConfig
 from babeldesk.errors import BabeldeskError, InvalidRequest, QueueFull, Unavailable
 from babeldesk.fleet.breaker import CircuitBreaker, Permit
-from babeldesk.fleet.discovery import FileWatch, Resolve, Resolver, expand, flatten
-from babeldesk.fleet.discovery import read_upstreams_file
+from babeldesk.fleet.discovery import (
+    FileWatch,
+    Resolve,
+    Resolver,
+    expand,
+    flatten,
+    read_upstreams_file,
+)
 from babeldesk.fleet.health import HealthChecker
+from babeldesk.fleet.http import ConnectError, HTTPClient, HTTPError, Response, Timeout
 from babeldesk.fleet.pool import Pool, Target, Upstream
 from babeldesk.fleet.retry import RetryBudget
 from babeldesk.fleet.routing import make_router
@@ -100,7 +105,6 @@ class Fleet:
         cfg: FleetConfig,
         *,
         metrics: Metrics | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         resolve: Resolve | None = None,
         rng: random.Random | None = None,
@@ -109,12 +113,10 @@ class Fleet:
         self.metrics = metrics
         self._clock = clock  # seconds, monotonic: breakers, deadline, budget
         headers = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s,
-                                  write=cfg.read_timeout_s, pool=cfg.connect_timeout_s),
-            limits=httpx.Limits(max_connections=cfg.max_connections,
-                                max_keepalive_connections=cfg.max_connections),
-            transport=transport, headers=headers, trust_env=False)
+        self._client = HTTPClient(
+            connect_timeout_s=cfg.connect_timeout_s, read_timeout_s=cfg.read_timeout_s,
+            max_connections=cfg.max_connections, max_keepalive=cfg.max_keepalive,
+            headers=headers)
         self.pool = Pool(lambda: CircuitBreaker(
             cfg.breaker_failures, cfg.breaker_reset_s, cfg.breaker_max_reset_s,
             cfg.breaker_half_open_trials, clock))
@@ -297,26 +299,25 @@ class Fleet:
             headers["host"] = up.target.host_header
         if session_id:
             headers[self.cfg.session_header] = session_id
-        req = self._client.build_request(method, up.name + path, content=payload,
-                                         headers=headers)
         started = self._clock()
         up.outstanding += 1
-        resp: httpx.Response | None = None
+        resp: Response | None = None
         committed = False
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self._client.send(req, stream=True)
-                status = resp.status_code
+                resp = await self._client.request(method, up.name, path, body=payload,
+                                                  headers=headers)
+                status = resp.status
                 ctype = resp.headers.get("content-type", "")
                 if status >= 500 or status == 429:
-                    body = await resp.aread()
+                    body = await resp.read()
                     reply = UpstreamReply(status, ctype, up.name, body=body,
                                           headers={k: v for k, v in resp.headers.items()
                                                    if k.lower() == "retry-after"})
                     raise _Failed("server_error" if status >= 500 else "rate_limited",
                                   f"answered {status}", reply)
                 if not (streaming and status == 200 and "text/event-stream" in ctype):
-                    body = await resp.aread()
+                    body = await resp.read()
                     if status == 200 and not body:
                         raise _Failed("protocol_error", "empty answer")
                     permit.success()
@@ -356,7 +357,7 @@ class Fleet:
                     log.warning("fleet: stream from %s broke: %s", up.name, error)
                 self._record(up, outcome, started)
 
-            async def close(resp: httpx.Response = resp) -> None:
+            async def close(resp: Response = resp) -> None:
                 await resp.aclose()  # idempotent; a relay never started did not run its finally
                 finish("cancelled", "")
 
@@ -369,9 +370,9 @@ class Fleet:
             msg = f"no first byte within {timeout_s:.3g}s"
             self._fail(up, permit, "timeout", msg, started)
             raise _Failed("timeout", msg) from None
-        except httpx.HTTPError as exc:
-            outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else (
-                "connect_error" if isinstance(exc, httpx.ConnectError) else "protocol_error")
+        except HTTPError as exc:
+            outcome = "timeout" if isinstance(exc, Timeout) else (
+                "connect_error" if isinstance(exc, ConnectError) else "protocol_error")
             msg = f"{type(exc).__name__}: {exc}"
             self._fail(up, permit, outcome, msg, started)
             raise _Failed(outcome, msg) from None
@@ -395,7 +396,7 @@ class Fleet:
         self._record(up, outcome, started)
 
     async def _relay(
-        self, resp: httpx.Response, chunks: AsyncIterator[bytes], splitter: EventSplitter,
+        self, resp: Response, chunks: AsyncIterator[bytes], splitter: EventSplitter,
         first: list[bytes], finish: Callable[[str, str], None],
     ) -> AsyncIterator[bytes]:
         """Yield whole SSE events; end a broken stream with one error event."""
@@ -420,7 +421,7 @@ class Fleet:
                 except StopAsyncIteration:
                     outcome, error = "broken_stream", "the upstream closed the stream early"
                     break
-                except httpx.HTTPError as exc:
+                except HTTPError as exc:
                     outcome = "broken_stream"
                     error = f"the upstream stream broke ({type(exc).__name__}: {exc})"
                     break

@@ -14,9 +14,8 @@ import random
 import time
 from typing import Callable
 
-import httpx
-
 from babeldesk.config import FleetConfig
+from babeldesk.fleet.http import HTTPClient, HTTPError
 from babeldesk.fleet.pool import Upstream
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class HealthChecker:
     def __init__(
         self,
         cfg: FleetConfig,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         on_change: Callable[[Upstream], None] = lambda u: None,
         rng: random.Random | None = None,
     ) -> None:
@@ -47,12 +46,13 @@ class HealthChecker:
         headers = {"host": up.target.host_header} if up.target.host_header else {}
         try:
             async with asyncio.timeout(self.cfg.health_timeout_s):
-                r = await self._client.get(up.name + self.cfg.health_path, headers=headers)
+                status, _ = await self._client.get(up.name, self.cfg.health_path,
+                                                   headers=headers)
         except TimeoutError:
             return f"probe timed out after {self.cfg.health_timeout_s:g}s"
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             return f"probe failed: {type(exc).__name__}: {exc}"
-        return "" if 200 <= r.status_code < 300 else f"probe answered {r.status_code}"
+        return "" if 200 <= status < 300 else f"probe answered {status}"
 
     async def check(self, up: Upstream) -> bool | None:
         """Probe once and update the counters; None if a probe of ``up`` is already running."""
