@@ -153,3 +153,45 @@ async def test_concurrent_appends_in_one_process_lose_nothing(store: SessionStor
 def test_a_turn_needs_a_known_role() -> None:
     with pytest.raises(InvalidRequest):
         Turn("robot", "hi")
+
+
+async def test_record_writes_a_whole_message_at_once(store: SessionStore) -> None:
+    from babeldesk.store import KEEP
+
+    sid = "rec-1"
+    with pytest.raises(NotFound):  # no session, and not asked to create one
+        await store.record(sid, [Turn("user", "hola")])
+    q = Turn("user", "Quiero hablar con una persona, mi correo es ana@example.com", language="es")
+    a = Turn("assistant", "Te paso con un compañero.", language="es", source="handoff")
+    assert await store.record(sid, [q, a], create=True, language="es",
+                              handoff_reason="customer_request") == 2
+    t = await store.transcript(sid)
+    assert [x.text for x in t.turns] == [
+        "Quiero hablar con una persona, mi correo es [email]", "Te paso con un compañero."]
+    assert (t.language, t.handoff_reason) == ("es", "customer_request")
+    # a later message keeps the lock (KEEP), may change it, and create=True keeps the session
+    assert await store.record(sid, [Turn("user", "gracias")], create=True, language=KEEP) == 3
+    assert (await store.transcript(sid)).language == "es"
+    assert await store.record(sid, [Turn("user", "merci")], language="es>fr") == 4
+    t = await store.transcript(sid)
+    assert t.language == "es>fr" and len(t.turns) == 4 and t.created_at > 0
+    assert await store.record(sid, [Turn("user", "x")], language=None) == 5
+    assert (await store.transcript(sid)).language is None
+
+
+async def test_concurrent_records_are_each_committed_once_and_in_order(
+        store: SessionStore) -> None:
+    # many at once: sqlite folds them into group commits, each record still atomic
+    sids = [f"grp-{i}" for i in range(40)]
+    counts = await asyncio.gather(*[
+        store.record(sid, [Turn("user", f"q {sid}"), Turn("assistant", f"a {sid}")], create=True)
+        for sid in sids])
+    assert counts == [2] * 40
+    bad = await asyncio.gather(store.record("grp-0", [Turn("user", "again")]),
+                               store.record("missing", [Turn("user", "lost?")]),
+                               store.record("grp-1", [Turn("user", "again")]),
+                               return_exceptions=True)
+    assert bad[0] == 3 and bad[2] == 3 and isinstance(bad[1], NotFound)  # fails alone
+    for sid in sids[2:]:
+        assert [t.text for t in (await store.transcript(sid)).turns] == [f"q {sid}", f"a {sid}"]
+    assert not await store.exists("missing")

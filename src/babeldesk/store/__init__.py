@@ -6,10 +6,12 @@ from __future__ import annotations
 from babeldesk.config import StoreConfig
 from babeldesk.errors import ConfigError
 from babeldesk.store.base import (
+    KEEP,
     AnswerCache,
     CacheKey,
     CacheKind,
     CacheLookup,
+    Keep,
     LookupResult,
     Scheme,
     SessionStore,
@@ -21,7 +23,7 @@ from babeldesk.store.keys import kb_answer_key, model_answer_key, normalise_text
 from babeldesk.store.redact import Redactor
 
 __all__ = [
-    "AnswerCache", "CacheKey", "CacheKind", "CacheLookup", "LookupResult", "Redactor",
+    "KEEP", "AnswerCache", "Keep", "CacheKey", "CacheKind", "CacheLookup", "LookupResult", "Redactor",
     "SessionStore", "Transcript", "Turn", "kb_answer_key", "model_answer_key",
     "normalise_text", "open_answer_cache", "open_session_store",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -35,6 +36,15 @@ def scheme_of(key: str, url: str) -> Scheme:
         return Scheme(urlsplit(url).scheme)
     except ValueError:
         raise ConfigError(key, f"unknown store URL {url!r}") from None
+
+
+class Keep(enum.Enum):
+    """``SessionStore.record(language=KEEP)``: leave the session's language lock as it is."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 class CacheKind(str, enum.Enum):
@@ -148,6 +158,16 @@ class SessionStore(Protocol):
 
     async def append(self, session_id: str, turn: Turn) -> int:
         """Append one turn; returns the number of turns after it (its index + 1)."""
+        ...
+
+    async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
+                     language: str | None | Keep = KEEP,
+                     handoff_reason: str | None = None) -> int:
+        """Everything one customer message changes, as one atomic write: create the
+        session (``create``; an existing id is kept as is), set its language lock (unless
+        ``KEEP``), append ``turns`` in order, mark the handoff (when a reason is given).
+        Returns the number of turns after it; ``NotFound`` when the session does not
+        exist and ``create`` is false."""
         ...
 
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript: ...

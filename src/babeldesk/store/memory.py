@@ -9,11 +9,20 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from babeldesk.errors import NotFound
-from babeldesk.store.base import CacheKey, CacheKind, CacheLookup, LookupResult, Transcript, Turn
+from babeldesk.store.base import (
+    KEEP,
+    CacheKey,
+    CacheKind,
+    CacheLookup,
+    Keep,
+    LookupResult,
+    Transcript,
+    Turn,
+)
 from babeldesk.store.redact import Redactor
 
 
@@ -97,6 +106,21 @@ class MemorySessionStore:
     async def append(self, session_id: str, turn: Turn) -> int:
         s = self._get(session_id)
         s.turns.append(self._redactor.turn(turn) if self._redactor else turn)
+        s.touched = time.monotonic()
+        return len(s.turns)
+
+    async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
+                     language: str | None | Keep = KEEP,
+                     handoff_reason: str | None = None) -> int:
+        if create and not await self.exists(session_id):
+            self._sessions[session_id] = _Session(created_at=time.time(), touched=time.monotonic())
+        s = self._get(session_id)
+        if language is not KEEP:
+            s.language = language
+        red = self._redactor
+        s.turns.extend(red.turn(t) if red else t for t in turns)
+        if handoff_reason:
+            s.handoff_reason = handoff_reason
         s.touched = time.monotonic()
         return len(s.turns)
 

@@ -13,6 +13,7 @@ customer sees.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -31,6 +32,9 @@ PHONE = "[phone]"
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # 13..19 digits, single space / no-break space / dash between groups; \d is any script's digits
 _CARD_RE = re.compile(r"(?<!\d)(?:\d[ \u00a0-]?){12,18}\d(?!\d)")
+_PLUS = ("+", "\uff0b")  # an international number starts with one of these
+CACHED_TEXTS = 4096  # texts whose redaction is remembered (replies and questions recur)
+CACHED_MAX_CHARS = 2000
 
 
 def luhn_ok(digits: str) -> bool:
@@ -54,8 +58,13 @@ class Redactor:
                 raise ConfigError("store.redact_phone_regions", f"unknown region {region!r}")
         # None: only numbers in international format (+CC ...)
         self._regions: tuple[str | None, ...] = (None, *(r.upper() for r in phone_regions))
+        # pure function of the text: the same reply or question is redacted once
+        self._cached = functools.lru_cache(maxsize=CACHED_TEXTS)(self._redact)
 
     def redact(self, text: str) -> str:
+        return self._cached(text) if len(text) <= CACHED_MAX_CHARS else self._redact(text)
+
+    def _redact(self, text: str) -> str:
         text = _EMAIL_RE.sub(EMAIL, text)
         text = _CARD_RE.sub(self._card, text)
         for region in self._regions:
@@ -75,6 +84,8 @@ class Redactor:
     def _phones(text: str, region: str | None) -> str:
         # "+CC ..." carries its country: a possible number is enough. A national number is
         # only taken when valid for the region, so dates and order numbers stay.
+        if region is None and not any(p in text for p in _PLUS):
+            return text  # without a region only "+CC ..." numbers can be found
         leniency = Leniency.POSSIBLE if region is None else Leniency.VALID
         spans = []
         for m in PhoneNumberMatcher(text, region, leniency):

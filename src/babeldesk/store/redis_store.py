@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -33,7 +33,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from babeldesk.errors import NotFound, Unavailable
-from babeldesk.store.base import CacheKey, CacheKind, CacheLookup, LookupResult, Transcript, Turn
+from babeldesk.store.base import (
+    KEEP,
+    CacheKey,
+    CacheKind,
+    CacheLookup,
+    Keep,
+    LookupResult,
+    Transcript,
+    Turn,
+)
 from babeldesk.store.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,29 @@ local n = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_append', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return n
+"""
+# KEYS: meta, turns. ARGV: ttl ms, now (Unix s), create ('1'/'0'), set language ('1'/'0'),
+# language ('' clears it), handoff reason ('' = none), append token, turn JSON...
+# One customer message in one script. Returns the list length after, or -1 (unknown session).
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] ~= '1' then return -1 end
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[2])
+end
+if redis.call('HGET', KEYS[1], 'last_append') == ARGV[7] then
+  return redis.call('LLEN', KEYS[2])
+end
+if ARGV[4] == '1' then
+  if ARGV[5] == '' then redis.call('HDEL', KEYS[1], 'language')
+  else redis.call('HSET', KEYS[1], 'language', ARGV[5]) end
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'handoff_reason', ARGV[6]) end
+local n = redis.call('LLEN', KEYS[2])
+for i = 8, #ARGV do n = redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_append', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 return n
 """
 # KEYS: meta, turns. ARGV: ttl ms, now, field, value ('' deletes the field).
@@ -143,6 +175,7 @@ class RedisSessionStore:
         self._prefix = prefix + "session:"
         self._append = client.register_script(_APPEND)
         self._update_script = client.register_script(_UPDATE)
+        self._record = client.register_script(_RECORD)
 
     @property
     def _ttl_ms(self) -> int:
@@ -185,6 +218,23 @@ class RedisSessionStore:
         n = await self._call(self._append(
             keys=self._keys(session_id),
             args=[t.to_json(), self._ttl_ms, repr(time.time()), token],
+        ))
+        if int(n) < 0:
+            raise self._unknown(session_id)
+        return int(n)
+
+    async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
+                     language: str | None | Keep = KEEP,
+                     handoff_reason: str | None = None) -> int:
+        red = self._redactor
+        stored = [(red.turn(t) if red else t).to_json() for t in turns]
+        token = uuid.uuid4().hex  # the same for the client's retry of this one call
+        keep = language is KEEP
+        n = await self._call(self._record(
+            keys=self._keys(session_id),
+            args=[self._ttl_ms, repr(time.time()), "1" if create else "0", "0" if keep else "1",
+                  "" if keep or language is None else language, handoff_reason or "", token,
+                  *stored],
         ))
         if int(n) < 0:
             raise self._unknown(session_id)

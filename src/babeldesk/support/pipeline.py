@@ -17,14 +17,17 @@ import json
 import logging
 import time
 import unicodedata
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 
 from babeldesk.config import SupportConfig
 from babeldesk.errors import BabeldeskError, GenerationFailed, InvalidRequest, PayloadTooLarge
 from babeldesk.store import (
+    KEEP,
     AnswerCache,
     CacheKey,
+    Keep,
     LookupResult,
     SessionStore,
     Transcript,
@@ -163,13 +166,14 @@ class SupportPipeline:
         started = time.perf_counter()
         text = validate_message(request.message, self.max_message_chars)
         explicit = normalize_language_code(request.language) if request.language else None
+        new = not request.session_id
         if request.session_id:
             transcript = await self.sessions.transcript(request.session_id, last=HISTORY_TURNS)
             session_id = request.session_id
-        else:
-            session_id = await self.sessions.create()
+        else:  # stored with its first turns, in the same write (``_record``)
+            session_id = uuid.uuid4().hex
             transcript = Transcript(session_id, time.time(), ())
-        lang = await self._language(session_id, transcript, text, explicit)
+        lang, lock = self._language(transcript, text, explicit)
         first_message = not transcript.turns
 
         outcome: _Outcome | None = None
@@ -201,19 +205,20 @@ class SupportPipeline:
             handoff={"reason": outcome.handoff.value} if outcome.handoff else None,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             translated=outcome.translated)
-        await self._record(session_id, text, reply)
+        await self._record(session_id, text, reply, new=new, lock=lock)
         yield reply
 
     # --- steps ---------------------------------------------------------------------------
 
-    async def _language(self, session_id: str, transcript: Transcript, text: str,
-                        explicit: str | None) -> str:
+    def _language(self, transcript: Transcript, text: str,
+                  explicit: str | None) -> tuple[str, str | None | Keep]:
+        """The reply language, and the session's new lock value (KEEP: unchanged), which
+        ``_record`` stores with the turns."""
         state = decode_lock(transcript.language)
         detection: Detection = self.detector.detect(text)
         decision = self.lock.step(state, detection, text_weight(text), explicit)
-        if decision.state != state:
-            await self.sessions.set_language(session_id, encode_lock(decision.state))
-        return decision.language
+        return decision.language, (KEEP if decision.state == state
+                                   else encode_lock(decision.state))
 
     async def _from_cache(self, key: CacheKey) -> _Outcome | None:
         found = await self.cache.get(key)
@@ -359,17 +364,18 @@ class SupportPipeline:
                     for t in transcript.turns if t.role == "user"]
         return repeats(previous, key) >= self.config.repeat_handoff
 
-    async def _record(self, session_id: str, text: str, reply: SupportReply) -> None:
-        await self.sessions.append(session_id, Turn(
-            "user", text, language=reply.language, intent=reply.intent,
-            confidence=reply.confidence))
-        await self.sessions.append(session_id, Turn(
-            "assistant", reply.reply, language=reply.language, source=reply.source,
-            intent=reply.intent, confidence=reply.confidence))
+    async def _record(self, session_id: str, text: str, reply: SupportReply, *, new: bool,
+                      lock: str | None | Keep) -> None:
+        """Both turns, the language lock and the handoff mark in one store write."""
+        reason = reply.handoff["reason"] if reply.handoff else None
+        await self.sessions.record(session_id, (
+            Turn("user", text, language=reply.language, intent=reply.intent,
+                 confidence=reply.confidence),
+            Turn("assistant", reply.reply, language=reply.language, source=reply.source,
+                 intent=reply.intent, confidence=reply.confidence),
+        ), create=new, language=lock, handoff_reason=reason)
         self.metrics.messages_total.labels(reply.language, reply.source).inc()
-        if reply.handoff:
-            reason = reply.handoff["reason"]
-            await self.sessions.mark_handoff(session_id, reason)
+        if reason:
             self.metrics.handoffs_total.labels(reason).inc()
             if self.notifier is not None:
                 self.notifier.notify(event(session_id, HandoffReason(reason), reply.language,
