@@ -14,20 +14,18 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babeldesk.config import Config
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthorized, Unavailable
+from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, SupportEndpoint
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
 from babeldesk.web import (
     Phase,
-    cancel_on_disconnect,
-    decode_json_body,
     install_error_handlers,
-    read_body,
 )
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -96,7 +94,7 @@ async def support_events(stream: AsyncIterator[Any]) -> AsyncIterator[str]:
 
 def create_app(state: GatewayState) -> FastAPI:
     cfg = state.config.gateway
-    app = FastAPI(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None)
+    app = HotRoutes(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.gateway = state
@@ -136,27 +134,9 @@ def create_app(state: GatewayState) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post("/v1/support/messages")
-    async def support_message(request: Request) -> Any:
-        pipeline = state.require()
-        data = decode_json_body(await read_body(request, cfg.max_body_bytes), cfg.max_body_bytes)
-        req, stream = parse_support_body(data)
-        if stream:
-            events = pipeline.stream(req)
-            first = await events.__anext__()  # validation errors become 4xx, not a broken stream
-
-            async def chained() -> AsyncIterator[Any]:
-                yield first
-                async for item in events:
-                    yield item
-
-            return StreamingResponse(support_events(chained()), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache",
-                                              "X-Accel-Buffering": "no"})
-        # a JSONResponse as is: FastAPI would otherwise walk the dict through
-        # jsonable_encoder first (plain str/float/None values need no encoding)
-        reply = await cancel_on_disconnect(request, pipeline.handle(req))
-        return JSONResponse(reply.to_dict())
+    # the message endpoint skips FastAPI's per-request machinery (see gateway/hot.py)
+    app.hot[("POST", SUPPORT_PATH)] = SupportEndpoint(state, parse=parse_support_body,
+                                                      events=support_events)
 
     @app.get("/v1/support/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:

@@ -23,9 +23,22 @@ from babeldesk.store.keys import kb_answer_key, model_answer_key, normalise_text
 from babeldesk.store.redact import Redactor
 
 __all__ = [
-    "KEEP", "AnswerCache", "Keep", "CacheKey", "CacheKind", "CacheLookup", "LookupResult", "Redactor",
-    "SessionStore", "Transcript", "Turn", "kb_answer_key", "model_answer_key",
-    "normalise_text", "open_answer_cache", "open_session_store",
+    "KEEP",
+    "AnswerCache",
+    "CacheKey",
+    "CacheKind",
+    "CacheLookup",
+    "Keep",
+    "LookupResult",
+    "Redactor",
+    "SessionStore",
+    "Transcript",
+    "Turn",
+    "kb_answer_key",
+    "model_answer_key",
+    "normalise_text",
+    "open_answer_cache",
+    "open_session_store",
 ]
 
 

@@ -1,0 +1,228 @@
+"""The support API's message endpoint as a plain ASGI handler.
+
+``POST /v1/support/messages`` is the request a shop's traffic is made of, and most of its
+answers come from the cache or the knowledge base in well under a millisecond of work.
+Through FastAPI's middleware stack, dependency solving and response classes the framework
+cost more than the answer (py-spy, cached answers: ~40% of the server's CPU). Here the
+same contract is served by one coroutine reached before FastAPI's routing
+(``HotRoutes``): it reads and bounds the body, authenticates, counts the request in the
+same metrics as ``telemetry.http.MetricsMiddleware``, answers errors with the same JSON
+bodies and status codes as ``web.install_error_handlers``, and cancels the work when a
+non-streamed client hangs up (a watcher starts only once a request has run for
+``DISCONNECT_POLL_S``, so a cached answer pays a timer, not a task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from babeldesk.errors import (
+    BabeldeskError,
+    PayloadTooLarge,
+    QueueFull,
+    Unauthorized,
+    Unavailable,
+)
+from babeldesk.web import DISCONNECT_POLL_S, decode_json_body
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SUPPORT_PATH = "/v1/support/messages"
+CLIENT_GONE = 499  # the status counted for a client that hung up before its answer
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class HotRoutes(FastAPI):
+    """FastAPI, except that the (method, path) pairs in ``hot`` are served by their plain
+    ASGI handler before FastAPI's middleware and routing; everything else is unchanged."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hot: dict[tuple[str, str], Handler] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.hot.get((scope["method"], scope["path"]))
+            if handler is not None:
+                scope["app"] = self
+                await handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v  # type: ignore[no-any-return]
+    return None
+
+
+async def _send_json(send: Send, status: int, body: bytes,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _dumps(content: Any) -> bytes:  # as Starlette's JSONResponse renders it
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode("utf-8")
+
+
+async def send_error(send: Send, exc: BabeldeskError) -> int:
+    """The same answer as ``web.error_response``: the project's JSON error, its status,
+    Retry-After on 429/503."""
+    if exc.status >= 500:
+        log.warning("%s: %s", exc.type, exc.message)
+    extra = None
+    if isinstance(exc, (QueueFull, Unavailable)):
+        extra = [(b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode())]
+    await _send_json(send, exc.status, _dumps(exc.to_dict()), extra)
+    return exc.status
+
+
+async def read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) past ``limit`` bytes without reading it all."""
+    declared = _header(scope, b"content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared.decode()} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work`` in this task, cancelling it if the client hangs up. The watcher
+    (a task reading ``receive``) is only started if the work is still running after
+    ``DISCONNECT_POLL_S``: answers from the cache finish long before."""
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                me.cancel()
+                return
+
+    def start() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(DISCONNECT_POLL_S, start)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:  # our own cancel: the client left; nothing to answer
+            me.uncancel()
+            raise _ClientGone from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+
+
+class SupportEndpoint:
+    """``POST /v1/support/messages``: JSON in, the reply as JSON or as SSE (``stream``)."""
+
+    def __init__(self, state: Any, *, parse: Callable[[Any], tuple[Any, bool]],
+                 events: Callable[[AsyncIterator[Any]], AsyncIterator[str]]) -> None:
+        self.state = state  # GatewayState (not imported: app.py imports this module)
+        self.parse = parse
+        self.events = events
+        cfg = state.config.gateway
+        self.limit = cfg.max_body_bytes
+        self.auth = f"Bearer {cfg.api_key}".encode("latin-1") if cfg.api_key else None
+        m = state.metrics
+        self._in_flight = m.requests_in_flight.labels(m.app)
+        self._duration = m.request_duration_seconds.labels(m.app, SUPPORT_PATH)
+        self._total: dict[int, Any] = {}  # status -> counter child
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        self._in_flight.inc()
+        status = 500
+        try:
+            status = await self._handle(scope, receive, send)
+        finally:
+            self._in_flight.dec()
+            total = self._total.get(status)
+            if total is None:
+                m = self.state.metrics
+                total = self._total[status] = m.requests_total.labels(m.app, SUPPORT_PATH,
+                                                                      str(status))
+            total.inc()
+            self._duration.observe(time.perf_counter() - start)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
+        try:
+            if self.auth is not None and not hmac.compare_digest(
+                    _header(scope, b"authorization") or b"", self.auth):
+                raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
+            pipeline = self.state.require()
+            raw = await read_limited_body(scope, receive, self.limit)
+            request, stream = self.parse(decode_json_body(raw, self.limit))
+            if stream:
+                events = pipeline.stream(request)
+                first = await events.__anext__()  # a bad request is a 4xx, not a broken stream
+            else:
+                reply = await until_disconnect(pipeline.handle(request), receive)
+                await _send_json(send, 200, _dumps(reply.to_dict()))
+                return 200
+        except BabeldeskError as exc:
+            return await send_error(send, exc)
+        except _ClientGone:
+            return CLIENT_GONE
+        except Exception:
+            log.exception("unhandled error")
+            await _send_json(send, 500, _dumps({"error": {
+                "type": "internal_error", "message": "internal error; see the server log"}}))
+            return 500
+
+        async def chained() -> AsyncIterator[Any]:
+            yield first
+            async for item in events:
+                yield item
+
+        response = StreamingResponse(self.events(chained()), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+        await response(scope, receive, send)
+        return 200
