@@ -10,6 +10,7 @@ and emoji dropped, whitespace collapsed. Scripts written without spaces between 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -56,6 +57,7 @@ class _DropTable(dict[int, str]):
 _TABLE = _DropTable()
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same questions recur
 def normalise_text(text: str) -> str:
     """The form of a customer message that model-answer keys are built from."""
     text = unicodedata.normalize("NFKC", text).casefold()

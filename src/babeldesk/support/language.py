@@ -85,6 +85,7 @@ def normalize_language_code(code: str) -> str:
     return primary
 
 
+@functools.lru_cache(maxsize=4096)  # pure; recurring messages are the cache path's premise
 def text_weight(text: str) -> int:
     """How much language signal a message carries: letters count 1; Han, kana and
     Hangul count 3. Digits, punctuation, symbols and emoji count 0."""
