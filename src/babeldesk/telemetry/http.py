@@ -25,12 +25,16 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.skip = skip
+        # labelled children, looked up once each (``labels()`` takes a lock and builds a
+        # key every call); routes are templates and statuses few, so these stay small
+        self._in_flight = metrics.requests_in_flight.labels(metrics.app)
+        self._totals: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") in self.skip:
             await self.app(scope, receive, send)
             return
-        m = self.metrics
         start = time.perf_counter()
         status = 500
 
@@ -40,11 +44,21 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        m.requests_in_flight.labels(m.app).inc()
+        self._in_flight.inc()
         try:
             await self.app(scope, receive, _send)
         finally:
-            m.requests_in_flight.labels(m.app).dec()
+            self._in_flight.dec()
             route = _route(scope)
-            m.requests_total.labels(m.app, route, str(status)).inc()
-            m.request_duration_seconds.labels(m.app, route).observe(time.perf_counter() - start)
+            total = self._totals.get((route, status))
+            if total is None:
+                m = self.metrics
+                total = self._totals[(route, status)] = m.requests_total.labels(
+                    m.app, route, str(status))
+            duration = self._durations.get(route)
+            if duration is None:
+                m = self.metrics
+                duration = self._durations[route] = m.request_duration_seconds.labels(
+                    m.app, route)
+            total.inc()
+            duration.observe(time.perf_counter() - start)
