@@ -128,6 +128,8 @@ class Fleet:
         self._file_specs: tuple[Any, ...] = ()
         self._expanded: dict[str, list[Target]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._counts: dict[tuple[str, str], Any] = {}  # (upstream, outcome) -> counter child
+        self._durations: dict[str, Any] = {}  # upstream -> histogram child
 
     # --- membership ------------------------------------------------------------------------
 
@@ -285,10 +287,18 @@ class Fleet:
 
     def _record(self, up: Upstream, outcome: str, started: float) -> None:
         up.outcomes[outcome] += 1
-        if self.metrics is not None:
-            self.metrics.upstream_requests_total.labels(up.name, outcome).inc()
-            self.metrics.upstream_duration_seconds.labels(up.name).observe(
-                self._clock() - started)
+        m = self.metrics
+        if m is not None:  # labelled children looked up once (``labels()`` locks and hashes)
+            count = self._counts.get((up.name, outcome))
+            if count is None:
+                count = self._counts[(up.name, outcome)] = m.upstream_requests_total.labels(
+                    up.name, outcome)
+            duration = self._durations.get(up.name)
+            if duration is None:
+                duration = self._durations[up.name] = m.upstream_duration_seconds.labels(
+                    up.name)
+            count.inc()
+            duration.observe(self._clock() - started)
 
     async def _attempt(
         self, up: Upstream, permit: Permit, method: str, path: str, payload: bytes | None,
