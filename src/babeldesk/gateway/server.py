@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import FastAPI
 
 from babeldesk.config import Config
 from babeldesk.gateway.app import GatewayState, Phase, create_app
+from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.support.handoff import WebhookNotifier
@@ -27,7 +27,7 @@ from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel
-from babeldesk.web import DrainingServer, decode_json_body, read_body
+from babeldesk.web import DrainingServer
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -131,27 +131,14 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     state = GatewayState(config, metrics)
     app = create_app(state)
     app.add_middleware(_UpstreamHeader)
+    hot: dict[Any, Any] = getattr(app, "hot", {})
+    for key, handler in hot.items():  # served ahead of the middleware: wrap them too
+        hot[key] = _UpstreamHeader(handler)
     fleet = Fleet(config.fleet, metrics=metrics)
     state.ready_check = lambda: fleet.ready
     state.admin = fleet.admin_snapshot
-    header = config.fleet.session_header
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        state.require()
-        limit = config.gateway.max_body_bytes
-        body = decode_json_body(await read_body(request, limit), limit)
-        if not isinstance(body, dict):
-            from babeldesk.errors import InvalidRequest
-
-            raise InvalidRequest("request body must be a JSON object")
-        reply = await fleet.request(body, session_id=request.headers.get(header))
-        return _relay(reply)
-
-    @app.get("/v1/models")
-    async def models() -> Response:
-        state.require()
-        return _relay(await fleet.request(None, path="/v1/models", method="GET"))
+    Passthrough(state, fleet, session_header=config.fleet.session_header,
+                max_body_bytes=config.gateway.max_body_bytes).install(app)
 
     def load() -> None:
         try:
@@ -208,21 +195,3 @@ class _UpstreamHeader:
             await self.app(scope, receive, _send)
         finally:
             upstreams_used.reset(token)
-
-
-def _relay(reply: Any) -> Response:
-    headers = {k: v for k, v in (reply.headers or {}).items() if k.lower() == "retry-after"}
-    headers["x-babeldesk-upstream"] = reply.upstream
-    if reply.stream is not None:
-        async def body() -> Any:
-            try:
-                async for chunk in reply.stream:
-                    yield chunk
-            finally:
-                await reply.aclose()
-
-        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return StreamingResponse(body(), status_code=reply.status, media_type="text/event-stream",
-                                 headers=headers)
-    return Response(reply.body or b"", status_code=reply.status, media_type=reply.content_type,
-                    headers=headers)

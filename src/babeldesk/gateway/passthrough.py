@@ -1,0 +1,199 @@
+"""OpenAI passthrough of ``babeldesk gateway``: ``POST /v1/chat/completions`` and
+``GET /v1/models`` relayed to the fleet, as raw ASGI endpoints.
+
+This is the gateway's hot path when it fronts workers for OpenAI clients, so it skips what
+costs without doing anything here: FastAPI's middleware stack, routing and dependency
+solving (``install`` puts the endpoints in ``HotRoutes.hot``, served before all that, with
+the API key check, the request metrics and the JSON errors done here as the middleware
+and handlers would), re-encoding the JSON body (the client's bytes go upstream as they
+came, after one parse that checks them and reads ``stream``), and a ``Response`` object
+for a whole answer (two ASGI messages are sent directly). A streamed answer still goes
+out through ``StreamingResponse``, whose disconnect listener stops the upstream stream
+when the client leaves. The same endpoints are also plain routes (other methods get 405
+there; an app without ``hot`` serves them through its middleware).
+
+``x-babeldesk-upstream`` names the worker that answered; a 429's ``Retry-After`` is
+passed on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Match, Route
+
+from babeldesk.errors import BabeldeskError, InvalidRequest, Unauthorized
+from babeldesk.fleet.client import Fleet, UpstreamReply
+from babeldesk.gateway.app import GatewayState
+from babeldesk.web import decode_json_body, error_response, read_body
+
+log = logging.getLogger(__name__)
+Scope = dict[str, Any]
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+CLIENT_GONE = 499  # the status counted for a client that hung up before its answer
+
+
+class _Endpoint:
+    """A raw ASGI endpoint (Starlette mounts a callable object as is, a function it wraps)."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.handler(scope, receive, send)
+
+
+class _Counted:
+    """A hot endpoint as the middleware stack would serve it: API key, ``requests_total``
+    / ``request_duration_seconds`` / ``requests_in_flight`` under its route, and the
+    project's exceptions as JSON errors (they are raised before the first byte)."""
+
+    def __init__(self, state: GatewayState, route: str, handler: Any) -> None:
+        self.handler = handler
+        self.route = route
+        key = state.config.gateway.api_key
+        self.auth = f"Bearer {key}".encode("latin-1") if key else None
+        m = self.metrics = state.metrics
+        self._in_flight = m.requests_in_flight.labels(m.app)
+        self._duration = m.request_duration_seconds.labels(m.app, route)
+        self._totals: dict[int, Any] = {}  # status -> counter child
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def _send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        self._in_flight.inc()
+        try:
+            if self.auth is not None and not hmac.compare_digest(
+                    _header(scope, b"authorization"), self.auth):
+                raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
+            await self.handler(scope, receive, _send)
+        except BabeldeskError as exc:
+            if started:
+                raise
+            if exc.status >= 500:
+                log.warning("%s: %s", exc.type, exc.message)
+            await error_response(exc)(scope, receive, _send)
+        except ClientDisconnect:
+            status = CLIENT_GONE
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error")
+            await JSONResponse({"error": {"type": "internal_error", "message":
+                                          "internal error; see the server log"}},
+                               status_code=500)(scope, receive, _send)
+        finally:
+            self._in_flight.dec()
+            total = self._totals.get(status)
+            if total is None:
+                m = self.metrics
+                total = self._totals[status] = m.requests_total.labels(
+                    m.app, self.route, str(status))
+            total.inc()
+            self._duration.observe(time.perf_counter() - start)
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v  # type: ignore[no-any-return]
+    return b""
+
+
+class _Route(Route):
+    """Puts itself in ``scope["route"]`` as FastAPI's routes do (the metrics middleware
+    labels requests by its path template; FastAPI's router leaves that to the route)."""
+
+    def matches(self, scope: MutableMapping[str, Any]) -> tuple[Match, MutableMapping[str, Any]]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+class Passthrough:
+    def __init__(self, state: GatewayState, fleet: Fleet, *, session_header: str,
+                 max_body_bytes: int) -> None:
+        self.state = state
+        self.fleet = fleet
+        self.session_header = session_header.lower()
+        self.max_body_bytes = max_body_bytes
+
+    def routes(self) -> list[Route]:
+        return [_Route(CHAT_PATH, _Endpoint(self.chat), methods=["POST"]),
+                _Route(MODELS_PATH, _Endpoint(self.models), methods=["GET"])]
+
+    def install(self, app: FastAPI) -> None:
+        """Mount the routes, and serve them ahead of FastAPI where the app has ``hot``."""
+        app.router.routes.extend(self.routes())
+        hot = getattr(app, "hot", None)
+        if hot is not None:
+            hot[("POST", CHAT_PATH)] = _Counted(self.state, CHAT_PATH, self.chat)
+            hot[("GET", MODELS_PATH)] = _Counted(self.state, MODELS_PATH, self.models)
+
+    async def chat(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.state.require()
+        request = Request(scope, receive)
+        limit = self.max_body_bytes
+        raw = await read_body(request, limit)
+        body = decode_json_body(raw, limit)
+        if not isinstance(body, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        reply = await self.fleet.request(raw=raw, stream=bool(body.get("stream")),
+                                         session_id=request.headers.get(self.session_header))
+        await relay(reply, scope, receive, send)
+
+    async def models(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.state.require()
+        reply = await self.fleet.request(None, path="/v1/models", method="GET")
+        await relay(reply, scope, receive, send)
+
+
+async def relay(reply: UpstreamReply, scope: Scope, receive: Any, send: Any) -> None:
+    """Send an upstream's answer to the client: whole, or its SSE events as they come."""
+    headers: list[tuple[bytes, bytes]] = [
+        (b"x-babeldesk-upstream", reply.upstream.encode("latin-1"))]
+    for k, v in (reply.headers or {}).items():
+        if k.lower() == "retry-after":
+            headers.append((b"retry-after", v.encode("latin-1")))
+    if reply.stream is not None:
+        stream = reply.stream
+
+        async def events() -> Any:
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await reply.aclose()
+
+        response = StreamingResponse(
+            events(), status_code=reply.status, media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                     **{k.decode(): v.decode("latin-1") for k, v in headers}})
+        try:
+            await response(scope, receive, send)
+        finally:  # also when the client left before the stream started
+            await reply.aclose()
+        return
+    body = reply.body or b""
+    headers.append((b"content-length", str(len(body)).encode()))
+    if reply.content_type:
+        headers.append((b"content-type", reply.content_type.encode("latin-1")))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
