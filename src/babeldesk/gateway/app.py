@@ -7,13 +7,15 @@ until it is, ``/ready`` is 503 and the API answers 503 with Retry-After.
 
 from __future__ import annotations
 
+import hmac
+import inspect
 import json
 import re
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -92,23 +94,42 @@ async def support_events(stream: AsyncIterator[Any]) -> AsyncIterator[str]:
         yield _sse("error", exc.to_dict()["error"])  # type: ignore[arg-type]
 
 
+# FastAPI's own OpenTelemetry hooks look for a configured provider on every request;
+# babeldesk's metrics are Prometheus (telemetry/), so they are off where FastAPI has them.
+_NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters else {})
+
+
+class ApiKeyMiddleware:
+    """``Authorization: Bearer <api_key>`` required on ``/v1/*`` (401 otherwise); pure
+    ASGI, so it costs a header lookup and never buffers a streamed answer."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode("latin-1")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(got, self.expected):
+                err = Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
+                await JSONResponse(err.to_dict(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(state: GatewayState) -> FastAPI:
     cfg = state.config.gateway
-    app = HotRoutes(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None)
+    app = HotRoutes(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None,
+                  **_NO_OTEL)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.gateway = state
     page = resources.files("babeldesk.gateway").joinpath("static", "index.html").read_text("utf-8")
 
     if cfg.api_key:
-        @app.middleware("http")
-        async def _auth(request: Request, call_next: Any) -> Response:
-            if request.url.path.startswith("/v1/"):
-                got = request.headers.get("authorization", "")
-                if got != f"Bearer {cfg.api_key}":
-                    err = Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
-                    return JSONResponse(err.to_dict(), status_code=401)
-            return await call_next(request)
+        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page() -> HTMLResponse:
