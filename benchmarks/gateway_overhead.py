@@ -226,9 +226,12 @@ def snapshot(stack: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _client_floor(url: str, n: int) -> dict[str, float]:
-    """The upstream hop alone, from one event loop: the gateway's HTTP client (httpx
-    AsyncClient, keep-alive) against a bare HTTP/1.1 exchange on an asyncio stream, both
-    ``GET /v1/models`` on the same worker one at a time. Milliseconds per request."""
+    """The upstream hop alone, from one event loop: the gateway's HTTP client
+    (``babeldesk.fleet.http``, keep-alive), httpx AsyncClient (its client before) and a bare
+    HTTP/1.1 exchange on an asyncio stream, all ``GET /v1/models`` on the same worker one
+    at a time. Milliseconds per request."""
+    from babeldesk.fleet.http import HTTPClient
+
     host, port = url.removeprefix("http://").split(":")
     out: dict[str, float] = {}
 
@@ -246,6 +249,14 @@ async def _client_floor(url: str, n: int) -> dict[str, float]:
             (await client.get(MODELS_PATH)).raise_for_status()
 
         await timed("httpx", with_httpx)
+    fleet_client = HTTPClient(connect_timeout_s=5, read_timeout_s=60)
+
+    async def with_fleet_client() -> None:
+        status, _ = await fleet_client.get(url, MODELS_PATH)
+        assert status == 200, status
+
+    await timed("fleet", with_fleet_client)
+    await fleet_client.aclose()
     reader, writer = await asyncio.open_connection(host, int(port))
     request = f"GET {MODELS_PATH} HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n".encode()
 
@@ -306,10 +317,11 @@ async def _hammer(base: str, path: str, concurrency: int, duration_s: float) -> 
 def throughput(base: str, pid: int | None, concurrency: int, duration_s: float,
                profile_out: Path | None = None) -> dict[str, Any]:
     spy = None
-    if profile_out is not None and pid is not None and shutil.which("py-spy") is None:
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(BIN.parent))
+    if profile_out is not None and pid is not None and py_spy is None:
         print("--profile: py-spy is not installed (pip install py-spy); no profile")
     elif profile_out is not None and pid is not None:
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
+        spy = subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--format", "raw",
                                 "--rate", "200", "--duration", str(int(duration_s)),
                                 "--output", str(profile_out), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -408,9 +420,12 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{ins['gateway_own_ms']:.2f} ms in the gateway itself.")
     floor = result.get("upstream_client_floor")
     if floor:
+        ours = (f"the gateway's client (fleet/http.py) {floor['fleet_wall_ms']:.2f} ms wall, "
+                f"{floor['fleet_cpu_ms']:.2f} ms client CPU; " if "fleet_wall_ms" in floor
+                else "")
         lines.append(f"The upstream hop alone (GET /v1/models from one uvloop event loop, one "
-                     f"at a time): httpx AsyncClient {floor['httpx_wall_ms']:.2f} ms wall, "
-                     f"{floor['httpx_cpu_ms']:.2f} ms client CPU; a bare HTTP/1.1 exchange "
+                     f"at a time): {ours}httpx AsyncClient {floor['httpx_wall_ms']:.2f} ms "
+                     f"wall, {floor['httpx_cpu_ms']:.2f} ms client CPU; a bare HTTP/1.1 exchange "
                      f"on an asyncio stream {floor['bare_wall_ms']:.2f} ms wall, "
                      f"{floor['bare_cpu_ms']:.2f} ms CPU.")
     if chat:
