@@ -176,6 +176,24 @@ async def test_body_read_until_close(client: HTTPClient) -> None:
         assert srv.connections == 2
 
 
+async def test_an_informational_answer_is_skipped(client: HTTPClient) -> None:
+    async def early_hints(conn: int, n: int, req: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(0.02)
+        w.write(ok(b"final"))
+        await w.drain()
+        return True
+
+    async with Scripted(early_hints) as srv:
+        for _ in range(2):
+            resp = await client.request("GET", srv.url, "/")
+            assert resp.status == 200 and "link" not in resp.headers
+            assert await resp.read() == b"final"
+            await resp.aclose()
+        assert srv.connections == 1
+
+
 async def test_idle_connection_closed_by_the_server_is_replaced(client: HTTPClient) -> None:
     async def answer_then_close_soon(conn: int, n: int, req: bytes,
                                      w: asyncio.StreamWriter) -> bool:

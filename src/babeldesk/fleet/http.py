@@ -125,6 +125,7 @@ class _Connection(asyncio.Protocol):
         self.framed = False  # Content-Length or chunked: the body's end is known
         self.complete = False
         self.extra = False  # bytes came after the answer was complete
+        self.interim = False  # reading a 1xx (informational) answer; the real one follows
         self.keep_alive = False
         self.got_bytes = False
         self.body: collections.deque[bytes] = collections.deque()
@@ -184,8 +185,13 @@ class _Connection(asyncio.Protocol):
         if self.extra:
             return
         self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:  # e.g. 103 Early Hints: skipped, the answer follows
+            self.interim = True
+            self.raw_headers = []
+            self.framed = False
+            return
         self.headers_done = True
-        if self.status in (204, 304) or 100 <= self.status < 200:
+        if self.status in (204, 304):
             self.framed = True  # no body
         self._wake()
 
@@ -201,6 +207,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.extra:
+            return
+        if self.interim:
+            self.interim = False
             return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
