@@ -117,6 +117,8 @@ def test_bad_input_is_a_clear_4xx(two: list[FaultyServer]) -> None:
             r = client.post("/v1/chat/completions", content=body)
             assert r.status_code == status, (body[:20], r.text)
             assert words in r.json()["error"]["message"]
+        r = client.post("/v1/chat/completions", json=CHAT, headers={"x-session-id": "a\tb"})
+        assert r.status_code == 400 and "x-session-id" in r.json()["error"]["message"]
         r = client.get("/v1/chat/completions")
         assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
         assert sum(s.chat_requests for s in two) == 0  # nothing bad went upstream

@@ -155,8 +155,12 @@ class Passthrough:
         body = decode_json_body(raw, limit)
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
+        session_id = request.headers.get(self.session_header)
+        if session_id is not None and not session_id.isprintable():
+            raise InvalidRequest(f"{self.session_header}: control characters",
+                                 param=self.session_header)
         reply = await self.fleet.request(raw=raw, stream=bool(body.get("stream")),
-                                         session_id=request.headers.get(self.session_header))
+                                         session_id=session_id)
         await relay(reply, scope, receive, send)
 
     async def models(self, scope: Scope, receive: Any, send: Any) -> None:
