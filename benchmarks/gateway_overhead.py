@@ -282,6 +282,66 @@ def client_floor(url: str, n: int) -> dict[str, float]:
         return asyncio.run(_client_floor(url, n))
 
 
+async def _app_cost(n: int) -> float:
+    """Microseconds of CPU per ``GET /v1/models`` in the gateway's own ASGI app (uvicorn's
+    proxy-headers middleware included, the HTTP server and the upstream call not): the app
+    as ``babeldesk gateway`` builds it, called in-process with a fleet stub that answers at
+    once."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from babeldesk.config import Config
+    from babeldesk.fleet.client import UpstreamReply
+    from babeldesk.gateway.app import GatewayState, create_app
+    from babeldesk.gateway.passthrough import Passthrough
+    from babeldesk.telemetry.metrics import Metrics
+    from babeldesk.web import Phase
+
+    body = b'{"object":"list","data":[{"id":"m","object":"model","owned_by":"w"}]}'
+
+    class StubFleet:
+        async def request(self, *args: Any, **kwargs: Any) -> UpstreamReply:
+            return UpstreamReply(200, "application/json", "http://127.0.0.1:1", body=body)
+
+    state = GatewayState(Config(), Metrics("gateway"))
+    app = create_app(state)
+    Passthrough(state, StubFleet(), session_header="x-session-id",  # type: ignore[arg-type]
+                max_body_bytes=1 << 20).install(app)
+    state.pipeline, state.phase = object(), Phase.READY  # type: ignore[assignment]
+    asgi = ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+             "http_version": "1.1", "server": ("127.0.0.1", 8080),
+             "client": ("127.0.0.1", 50000), "scheme": "http", "method": "GET",
+             "root_path": "", "path": MODELS_PATH, "raw_path": MODELS_PATH.encode(),
+             "query_string": b"", "headers": [(b"host", b"127.0.0.1:8080"),
+                                              (b"accept", b"*/*")]}
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    for _ in range(n // 10):
+        await asgi(dict(scope), receive, send)
+    c0 = time.process_time()
+    for _ in range(n):
+        await asgi(dict(scope), receive, send)
+    took = time.process_time() - c0
+    assert set(statuses) == {200}, set(statuses)
+    return round(took / n * 1e6, 1)
+
+
+def app_cost(n: int = 20000) -> float:
+    try:
+        import uvloop
+
+        return uvloop.run(_app_cost(n))
+    except ImportError:
+        return asyncio.run(_app_cost(n))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its children (nginx workers)."""
     p = psutil.Process(pid)
@@ -384,6 +444,7 @@ def plot(result: dict[str, Any], png: Path) -> None:
     for i, v in enumerate(vals):
         ax2.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=9)
     ax2.set_yscale("log")
+    ax2.set_ylim(bottom=100)  # bars from a fixed floor, so their heights compare
     ax2.set_ylabel("requests proxied per CPU-second (log)")
     ax2.set_title(f"Proxy cost, {result['config']['concurrency']} in flight")
     fig.suptitle(f"babeldesk gateway vs nginx, {result['meta']['date']}, "
@@ -428,6 +489,10 @@ def markdown(result: dict[str, Any]) -> str:
                      f"wall, {floor['httpx_cpu_ms']:.2f} ms client CPU; a bare HTTP/1.1 exchange "
                      f"on an asyncio stream {floor['bare_wall_ms']:.2f} ms wall, "
                      f"{floor['bare_cpu_ms']:.2f} ms CPU.")
+        if "gateway_app_cpu_us" in floor:
+            lines.append(f"The gateway's own ASGI app per GET /v1/models (in-process, upstream "
+                         f"stubbed, no HTTP server): {floor['gateway_app_cpu_us']:.1f} us "
+                         f"of CPU.")
     if chat:
         lines.append(f"A non-streamed max_tokens=1 completion: p50 direct "
                      f"{chat['direct']['p50']:.1f} ms, gateway {chat['gateway']['p50']:.1f} ms, "
@@ -490,6 +555,7 @@ def main() -> None:
             lat_models = latency(stack, MODELS_PATH, args.requests)
             lat_models["inside_processes"] = inside(stack, before)
             floor = client_floor(stack["workers"][0], min(args.requests, 1000))
+            floor["gateway_app_cpu_us"] = app_cost()
             print("upstream client alone:", json.dumps(floor), flush=True)
             print("GET /v1/models:", json.dumps(lat_models), flush=True)
             lat_chat = latency(stack, CHAT_PATH, args.chat_requests) if args.chat_requests else None
