@@ -19,7 +19,7 @@ from babeldesk.store.base import (
     Turn,
     scheme_of,
 )
-from babeldesk.store.keys import kb_answer_key, model_answer_key, normalise_text
+from babeldesk.store.keys import kb_answer_key, model_answer_key, new_session_id, normalise_text
 from babeldesk.store.redact import Redactor
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Turn",
     "kb_answer_key",
     "model_answer_key",
+    "new_session_id",
     "normalise_text",
     "open_answer_cache",
     "open_session_store",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import secrets
+import time
 import unicodedata
 
 from babeldesk.errors import InvalidRequest
@@ -64,6 +66,14 @@ def normalise_text(text: str) -> str:
     text = _INNER_APOSTROPHE.sub("", text).translate(_TABLE)
     text = _SPACES.sub(" ", text).strip()
     return _SPACE_NEXT_TO_NO_SPACE.sub("", text)
+
+
+def new_session_id() -> str:
+    """32 hex characters: the time in milliseconds (12), then 80 random bits (20). Ordered
+    by creation time, so a new session's rows land at the end of the stores' indexes
+    (a few pages per commit) instead of on a random page each, and as hard to guess as a
+    token should be."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def _part(value: str, name: str) -> str:

@@ -7,7 +7,6 @@ Both are used from one event loop and never await while mutating, so no lock is 
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from babeldesk.store.base import (
     Transcript,
     Turn,
 )
+from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 
 
@@ -91,7 +91,7 @@ class MemorySessionStore:
         return s
 
     async def create(self, session_id: str | None = None) -> str:
-        sid = session_id or uuid.uuid4().hex
+        sid = session_id or new_session_id()
         if not await self.exists(sid):
             self._sessions[sid] = _Session(created_at=time.time(), touched=time.monotonic())
         return sid

@@ -43,6 +43,7 @@ from babeldesk.store.base import (
     Transcript,
     Turn,
 )
+from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class RedisSessionStore:
         return NotFound(f"unknown session {session_id!r}", param="session_id")
 
     async def create(self, session_id: str | None = None) -> str:
-        sid = session_id or uuid.uuid4().hex
+        sid = session_id or new_session_id()
         meta, turns = self._keys(sid)
         now = repr(time.time())
         pipe = self._redis.pipeline(transaction=True)

@@ -27,7 +27,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from typing import Any, TypeVar
 
 from babeldesk.errors import BabeldeskError, NotFound, Unavailable
 from babeldesk.store.base import KEEP, Keep, Transcript, Turn
+from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 
 T = TypeVar("T")
@@ -250,7 +250,7 @@ class SqliteSessionStore:
     # --- SessionStore -----------------------------------------------------------------
 
     async def create(self, session_id: str | None = None) -> str:
-        sid = session_id or uuid.uuid4().hex
+        sid = session_id or new_session_id()
 
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()

@@ -18,7 +18,6 @@ import json
 import logging
 import time
 import unicodedata
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 
@@ -35,6 +34,7 @@ from babeldesk.store import (
     Turn,
     kb_answer_key,
     model_answer_key,
+    new_session_id,
     normalise_text,
 )
 from babeldesk.support.handoff import HandoffReason, WebhookNotifier, event, repeats
@@ -187,7 +187,7 @@ class SupportPipeline:
             transcript = await self.sessions.transcript(request.session_id, last=HISTORY_TURNS)
             session_id = request.session_id
         else:  # stored with its first turns, in the same write (``_record``)
-            session_id = uuid.uuid4().hex
+            session_id = new_session_id()
             transcript = Transcript(session_id, time.time(), ())
         lang, lock = self._language(transcript, text, explicit)
         first_message = not transcript.turns
