@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import json
 import logging
 import math
@@ -128,6 +129,19 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         return await task
     finally:
         watcher.cancel()
+
+
+# --- the heap after start-up ------------------------------------------------------------
+
+
+def freeze_heap() -> None:
+    """Call once loading is done: one full collection, then every object alive now (model
+    tables, matcher weights, KB: ~150k objects in ``serve``) moves out of the collector's
+    reach (``gc.freeze``, as Instagram's servers do). A full collection then scans only
+    what came later; in ``serve`` it took 89 ms before, a pause that lands on every
+    request in flight and sets the p99 of fast answers."""
+    gc.collect()
+    gc.freeze()
 
 
 # --- graceful shutdown ------------------------------------------------------------------

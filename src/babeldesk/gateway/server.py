@@ -27,7 +27,7 @@ from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel
-from babeldesk.web import DrainingServer
+from babeldesk.web import DrainingServer, freeze_heap
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -99,6 +99,7 @@ def run_serve(config: Config) -> int:
             app.include_router(openai_router(
                 GuardedEngine(engine, state.require), max_body_bytes=config.gateway.max_body_bytes,
                 served_names={engine.model_name, config.engine.model}))
+            freeze_heap()
             state.phase = Phase.READY
             log.info("ready on http://%s:%d (model %s, %s)", config.gateway.host,
                      config.gateway.port, engine.model_name, engine.backend.name)
@@ -143,6 +144,7 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     def load() -> None:
         try:
             state.pipeline = build_pipeline(config, metrics, FleetChatModel(fleet, upstream_model))
+            freeze_heap()
             state.phase = Phase.READY
             log.info("ready on http://%s:%d with %d upstream(s)", config.gateway.host,
                      config.gateway.port, len(config.fleet.upstreams))

@@ -16,7 +16,7 @@ from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.web import DrainingServer
+from babeldesk.web import DrainingServer, freeze_heap
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
 
 log = logging.getLogger("babeldesk.worker")
@@ -34,6 +34,7 @@ def run_worker(config: Config) -> int:
             engine.start()
             mount_engine(app, state, engine)
             state.engine = engine
+            freeze_heap()
             if state.phase == Phase.LOADING:
                 state.phase = Phase.READY
             log.info("ready: %s on %s", engine.model_name, engine.backend.name)
