@@ -305,7 +305,11 @@ def _policy_config(capacity_rps: Optional[float], bench: Optional[Path], min_rep
 
     if (capacity_rps is None) == (bench is None):
         raise ConfigError("capacity", "give exactly one of --capacity-rps and --bench")
-    capacity = capacity_rps if capacity_rps is not None else load_bench_capacity(bench).capacity_rps
+    if capacity_rps is not None:
+        capacity = capacity_rps
+    else:
+        assert bench is not None  # exactly one of the two, checked above
+        capacity = load_bench_capacity(bench).capacity_rps
     return PolicyConfig(
         capacity_rps=capacity, min_replicas=min_replicas, max_replicas=max_replicas,
         target_utilization=target_utilization, sustain_s=sustain_s,

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from babeldesk.errors import (
     BabeldeskError,
@@ -37,9 +38,6 @@ from babeldesk.web import DISCONNECT_POLL_S, decode_json_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SUPPORT_PATH = "/v1/support/messages"

@@ -230,11 +230,12 @@ class RedisSessionStore:
         red = self._redactor
         stored = [(red.turn(t) if red else t).to_json() for t in turns]
         token = uuid.uuid4().hex  # the same for the client's retry of this one call
+        lang = "" if language is KEEP or language is None else str(language)
         keep = language is KEEP
         n = await self._call(self._record(
             keys=self._keys(session_id),
             args=[self._ttl_ms, repr(time.time()), "1" if create else "0", "0" if keep else "1",
-                  "" if keep or language is None else language, handoff_reason or "", token,
+                  lang, handoff_reason or "", token,
                   *stored],
         ))
         if int(n) < 0:

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class LlamaCppBackend(Backend):
         # tokens whose KV each slot holds, by position (kept across release for prefixes)
         self._held: list[list[int]] = [[] for _ in range(config.max_batch_size)]
         self._template = self._meta("tokenizer.chat_template")
-        self._formatter = None  # the compiled chat template, made on first use
+        self._formatter: Any = None  # the compiled chat template, made on first use
         self._bos_text = self._piece(lc.llama_vocab_bos(self._vocab), special=True)
         self._eos_text = self._piece(lc.llama_vocab_eos(self._vocab), special=True)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
