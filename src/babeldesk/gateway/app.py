@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babeldesk.config import Config
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthorized, Unavailable
-from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, SupportEndpoint
+from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, support_endpoint
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
@@ -156,8 +156,8 @@ def create_app(state: GatewayState) -> FastAPI:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     # the message endpoint skips FastAPI's per-request machinery (see gateway/hot.py)
-    app.hot[("POST", SUPPORT_PATH)] = SupportEndpoint(state, parse=parse_support_body,
-                                                      events=support_events)
+    app.hot[("POST", SUPPORT_PATH)] = support_endpoint(state, parse=parse_support_body,
+                                                       events=support_events)
 
     @app.get("/v1/support/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:

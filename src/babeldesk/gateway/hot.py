@@ -5,10 +5,11 @@ answers come from the cache or the knowledge base in well under a millisecond of
 Through FastAPI's middleware stack, dependency solving and response classes the framework
 cost more than the answer (py-spy, cached answers: ~40% of the server's CPU). Here the
 same contract is served by one coroutine reached before FastAPI's routing
-(``HotRoutes``): it reads and bounds the body, authenticates, counts the request in the
-same metrics as ``telemetry.http.MetricsMiddleware``, answers errors with the same JSON
-bodies and status codes as ``web.install_error_handlers``, and cancels the work when a
-non-streamed client hangs up (a watcher starts only once a request has run for
+(``HotRoutes``), wrapped in ``Counted``, which authenticates, counts the request in the
+same metrics as ``telemetry.http.MetricsMiddleware`` and answers errors with the same
+JSON bodies and status codes as ``web.install_error_handlers`` (the OpenAI passthrough
+of ``gateway/passthrough.py`` uses it too). The handler reads and bounds the body and
+cancels the work when a non-streamed client hangs up (a watcher starts only once a request has run for
 ``DISCONNECT_POLL_S``, so a cached answer pays a timer, not a task).
 """
 
@@ -18,23 +19,17 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from babeldesk.errors import (
-    BabeldeskError,
-    PayloadTooLarge,
-    QueueFull,
-    Unauthorized,
-    Unavailable,
-)
-from babeldesk.web import DISCONNECT_POLL_S, decode_json_body
+from babeldesk.errors import BabeldeskError, PayloadTooLarge, Unauthorized
+from babeldesk.web import DISCONNECT_POLL_S, decode_json_body, error_response
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,23 +58,16 @@ class HotRoutes(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-class _ClientGone(Exception):
-    pass
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def _header(scope: Scope, name: bytes) -> bytes:
     for k, v in scope["headers"]:
         if k == name:
             return v  # type: ignore[no-any-return]
-    return None
+    return b""
 
 
-async def _send_json(send: Send, status: int, body: bytes,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        *_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -88,16 +76,63 @@ def _dumps(content: Any) -> bytes:  # as Starlette's JSONResponse renders it
                       separators=(",", ":")).encode("utf-8")
 
 
-async def send_error(send: Send, exc: BabeldeskError) -> int:
-    """The same answer as ``web.error_response``: the project's JSON error, its status,
-    Retry-After on 429/503."""
-    if exc.status >= 500:
-        log.warning("%s: %s", exc.type, exc.message)
-    extra = None
-    if isinstance(exc, (QueueFull, Unavailable)):
-        extra = [(b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode())]
-    await _send_json(send, exc.status, _dumps(exc.to_dict()), extra)
-    return exc.status
+class Counted:
+    """A hot endpoint as FastAPI's middleware stack would serve it: the API key,
+    ``requests_total`` / ``request_duration_seconds`` / ``requests_in_flight`` under its
+    route, and the project's exceptions as JSON errors (those raised before the first
+    byte; ``web.error_response`` bodies and headers). A client that hangs up
+    (``ClientDisconnect``) is counted as 499."""
+
+    def __init__(self, state: Any, route: str, handler: Callable[..., Awaitable[None]]) -> None:
+        self.handler = handler
+        self.route = route
+        key = state.config.gateway.api_key
+        self.auth = f"Bearer {key}".encode("latin-1") if key else None
+        m = self.metrics = state.metrics
+        self._in_flight = m.requests_in_flight.labels(m.app)
+        self._duration = m.request_duration_seconds.labels(m.app, route)
+        self._totals: dict[int, Any] = {}  # status -> counter child
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def _send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        self._in_flight.inc()
+        try:
+            if self.auth is not None and not hmac.compare_digest(
+                    _header(scope, b"authorization"), self.auth):
+                raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
+            await self.handler(scope, receive, _send)
+        except BabeldeskError as exc:
+            if started:
+                raise
+            if exc.status >= 500:
+                log.warning("%s: %s", exc.type, exc.message)
+            await error_response(exc)(scope, receive, _send)
+        except ClientDisconnect:
+            status = CLIENT_GONE
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error")
+            await _send_json(_send, 500, _dumps({"error": {
+                "type": "internal_error", "message": "internal error; see the server log"}}))
+        finally:
+            self._in_flight.dec()
+            total = self._totals.get(status)
+            if total is None:
+                m = self.metrics
+                total = self._totals[status] = m.requests_total.labels(
+                    m.app, self.route, str(status))
+            total.inc()
+            self._duration.observe(time.perf_counter() - start)
 
 
 async def read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -110,7 +145,7 @@ async def read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientDisconnect
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -149,7 +184,7 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     except asyncio.CancelledError:
         if gone:  # our own cancel: the client left; nothing to answer
             me.uncancel()
-            raise _ClientGone from None
+            raise ClientDisconnect from None
         raise
     finally:
         timer.cancel()
@@ -157,70 +192,29 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
             watcher.cancel()
 
 
-class SupportEndpoint:
+def support_endpoint(state: Any, *, parse: Callable[[Any], tuple[Any, bool]],
+                     events: Callable[[AsyncIterator[Any]], AsyncIterator[str]]) -> Counted:
     """``POST /v1/support/messages``: JSON in, the reply as JSON or as SSE (``stream``)."""
+    limit = state.config.gateway.max_body_bytes
 
-    def __init__(self, state: Any, *, parse: Callable[[Any], tuple[Any, bool]],
-                 events: Callable[[AsyncIterator[Any]], AsyncIterator[str]]) -> None:
-        self.state = state  # GatewayState (not imported: app.py imports this module)
-        self.parse = parse
-        self.events = events
-        cfg = state.config.gateway
-        self.limit = cfg.max_body_bytes
-        self.auth = f"Bearer {cfg.api_key}".encode("latin-1") if cfg.api_key else None
-        m = state.metrics
-        self._in_flight = m.requests_in_flight.labels(m.app)
-        self._duration = m.request_duration_seconds.labels(m.app, SUPPORT_PATH)
-        self._total: dict[int, Any] = {}  # status -> counter child
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        self._in_flight.inc()
-        status = 500
-        try:
-            status = await self._handle(scope, receive, send)
-        finally:
-            self._in_flight.dec()
-            total = self._total.get(status)
-            if total is None:
-                m = self.state.metrics
-                total = self._total[status] = m.requests_total.labels(m.app, SUPPORT_PATH,
-                                                                      str(status))
-            total.inc()
-            self._duration.observe(time.perf_counter() - start)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
-        try:
-            if self.auth is not None and not hmac.compare_digest(
-                    _header(scope, b"authorization") or b"", self.auth):
-                raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
-            pipeline = self.state.require()
-            raw = await read_limited_body(scope, receive, self.limit)
-            request, stream = self.parse(decode_json_body(raw, self.limit))
-            if stream:
-                events = pipeline.stream(request)
-                first = await events.__anext__()  # a bad request is a 4xx, not a broken stream
-            else:
-                reply = await until_disconnect(pipeline.handle(request), receive)
-                await _send_json(send, 200, _dumps(reply.to_dict()))
-                return 200
-        except BabeldeskError as exc:
-            return await send_error(send, exc)
-        except _ClientGone:
-            return CLIENT_GONE
-        except Exception:
-            log.exception("unhandled error")
-            await _send_json(send, 500, _dumps({"error": {
-                "type": "internal_error", "message": "internal error; see the server log"}}))
-            return 500
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        pipeline = state.require()
+        raw = await read_limited_body(scope, receive, limit)
+        request, stream = parse(decode_json_body(raw, limit))
+        if not stream:
+            reply = await until_disconnect(pipeline.handle(request), receive)
+            await _send_json(send, 200, _dumps(reply.to_dict()))
+            return
+        items = pipeline.stream(request)
+        first = await items.__anext__()  # a bad request is a 4xx, not a broken stream
 
         async def chained() -> AsyncIterator[Any]:
             yield first
-            async for item in events:
+            async for item in items:
                 yield item
 
-        response = StreamingResponse(self.events(chained()), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache",
-                                              "X-Accel-Buffering": "no"})
-        await response(scope, receive, send)
-        return 200
+        await StreamingResponse(events(chained()), media_type="text/event-stream",
+                                headers={"Cache-Control": "no-cache",
+                                         "X-Accel-Buffering": "no"})(scope, receive, send)
+
+    return Counted(state, SUPPORT_PATH, handle)

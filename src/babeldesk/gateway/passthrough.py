@@ -18,27 +18,25 @@ passed on.
 
 from __future__ import annotations
 
-import hmac
 import logging
-import time
 from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
 from starlette.routing import Match, Route
 
-from babeldesk.errors import BabeldeskError, InvalidRequest, Unauthorized
+from babeldesk.errors import InvalidRequest
 from babeldesk.fleet.client import Fleet, UpstreamReply
 from babeldesk.gateway.app import GatewayState
-from babeldesk.web import decode_json_body, error_response, read_body
+from babeldesk.gateway.hot import Counted
+from babeldesk.web import decode_json_body, read_body
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
-CLIENT_GONE = 499  # the status counted for a client that hung up before its answer
 
 
 class _Endpoint:
@@ -49,71 +47,6 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         await self.handler(scope, receive, send)
-
-
-class _Counted:
-    """A hot endpoint as the middleware stack would serve it: API key, ``requests_total``
-    / ``request_duration_seconds`` / ``requests_in_flight`` under its route, and the
-    project's exceptions as JSON errors (they are raised before the first byte)."""
-
-    def __init__(self, state: GatewayState, route: str, handler: Any) -> None:
-        self.handler = handler
-        self.route = route
-        key = state.config.gateway.api_key
-        self.auth = f"Bearer {key}".encode("latin-1") if key else None
-        m = self.metrics = state.metrics
-        self._in_flight = m.requests_in_flight.labels(m.app)
-        self._duration = m.request_duration_seconds.labels(m.app, route)
-        self._totals: dict[int, Any] = {}  # status -> counter child
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        start = time.perf_counter()
-        status = 500
-        started = False
-
-        async def _send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-            await send(message)
-
-        self._in_flight.inc()
-        try:
-            if self.auth is not None and not hmac.compare_digest(
-                    _header(scope, b"authorization"), self.auth):
-                raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
-            await self.handler(scope, receive, _send)
-        except BabeldeskError as exc:
-            if started:
-                raise
-            if exc.status >= 500:
-                log.warning("%s: %s", exc.type, exc.message)
-            await error_response(exc)(scope, receive, _send)
-        except ClientDisconnect:
-            status = CLIENT_GONE
-        except Exception:
-            if started:
-                raise
-            log.exception("unhandled error")
-            await JSONResponse({"error": {"type": "internal_error", "message":
-                                          "internal error; see the server log"}},
-                               status_code=500)(scope, receive, _send)
-        finally:
-            self._in_flight.dec()
-            total = self._totals.get(status)
-            if total is None:
-                m = self.metrics
-                total = self._totals[status] = m.requests_total.labels(
-                    m.app, self.route, str(status))
-            total.inc()
-            self._duration.observe(time.perf_counter() - start)
-
-
-def _header(scope: Scope, name: bytes) -> bytes:
-    for k, v in scope["headers"]:
-        if k == name:
-            return v  # type: ignore[no-any-return]
-    return b""
 
 
 class _Route(Route):
@@ -144,8 +77,8 @@ class Passthrough:
         app.router.routes.extend(self.routes())
         hot = getattr(app, "hot", None)
         if hot is not None:
-            hot[("POST", CHAT_PATH)] = _Counted(self.state, CHAT_PATH, self.chat)
-            hot[("GET", MODELS_PATH)] = _Counted(self.state, MODELS_PATH, self.models)
+            hot[("POST", CHAT_PATH)] = Counted(self.state, CHAT_PATH, self.chat)
+            hot[("GET", MODELS_PATH)] = Counted(self.state, MODELS_PATH, self.models)
 
     async def chat(self, scope: Scope, receive: Any, send: Any) -> None:
         self.state.require()
