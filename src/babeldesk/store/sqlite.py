@@ -183,36 +183,35 @@ class SqliteSessionStore:
         batch = [self._pending.popleft() for _ in range(n)]
         ops = [op for op, _ in batch]
         loop = asyncio.get_running_loop()
-        if not self._queued_groups:
-            self._connection_ready()
-            try:
-                results = self._commit_group(ops, self._inline_connection())
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+        try:
+            if not self._queued_groups:
+                self._connection_ready()
+                try:
+                    results = self._commit_group(ops, self._inline_connection())
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        self._deliver(batch, exc, [])
+                        return
+                except BaseException as exc:  # noqa: BLE001 - handed to the callers
                     self._deliver(batch, exc, [])
-                    loop.call_soon(self._flush)
                     return
-            except BaseException as exc:  # noqa: BLE001 - handed to the callers
-                self._deliver(batch, exc, [])
-                loop.call_soon(self._flush)
-                return
-            else:
-                self._deliver(batch, None, results)
-                self._commits += 1
-                if self._commits % CHECKPOINT_EVERY == 0:
-                    self._executor.submit(self._checkpoint)
-                loop.call_soon(self._flush)
-                return
-        self._queued_groups += 1
-        task = loop.run_in_executor(self._executor, self._commit_group, ops)
+                else:
+                    self._deliver(batch, None, results)
+                    self._commits += 1
+                    if self._commits % CHECKPOINT_EVERY == 0:
+                        self._executor.submit(self._checkpoint)
+                    return
+            self._queued_groups += 1
+            task = loop.run_in_executor(self._executor, self._commit_group, ops)
 
-        def done(f: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-            self._queued_groups -= 1
-            exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
-            self._deliver(batch, exc, [] if exc else f.result())
+            def done(f: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+                self._queued_groups -= 1
+                exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+                self._deliver(batch, exc, [] if exc else f.result())
 
-        task.add_done_callback(done)
-        loop.call_soon(self._flush)
+            task.add_done_callback(done)
+        finally:
+            loop.call_soon(self._flush)  # whatever arrived meanwhile: the next group
 
     def _connection_ready(self) -> None:
         if self._conn is None:  # the schema and WAL mode are set up by the executor's connection

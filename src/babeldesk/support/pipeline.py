@@ -248,8 +248,7 @@ class SupportPipeline:
 
     async def _cache_set(self, key: CacheKey, value: str) -> None:
         if not await self.cache.set(key, value):  # backend unreachable: skipped, counted
-            self.metrics.cache_lookups_total.labels(key.kind.value,
-                                                    LookupResult.ERROR.value).inc()
+            self._lookups(key.kind.value, LookupResult.ERROR.value).inc()
 
     async def _decide(self, session_id: str, transcript: Transcript, text: str, lang: str,
                       match: Match) -> _Outcome | None:
@@ -272,7 +271,7 @@ class SupportPipeline:
             return direct, Source.KNOWLEDGE_BASE, False
         key = kb_answer_key(intent, lang, self.kb.version)
         found = await self.cache.get(key)
-        self.metrics.cache_lookups_total.labels(key.kind.value, found.result.value).inc()
+        self._lookups(key.kind.value, found.result.value).inc()
         if found.hit and found.value:
             return found.value, Source.CACHE, True
         english = self.kb.answer(intent, "en") or next(iter(self.kb.intents[intent].answers.values()))
