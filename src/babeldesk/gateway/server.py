@@ -27,7 +27,7 @@ from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel
-from babeldesk.web import DrainingServer, freeze_heap
+from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -64,7 +64,7 @@ def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any
 
     ucfg = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning",
                           timeout_graceful_shutdown=max(1, int(gw.drain_grace_s)),
-                          timeout_keep_alive=5)
+                          timeout_keep_alive=5, http=OneWriteHttpTools)
     DrainingServer(ucfg, grace_s=gw.drain_grace_s, on_drain=on_drain, busy=busy).run()
     return 0
 
