@@ -124,3 +124,44 @@ async def test_kill_9_of_a_writer_loses_no_acknowledged_turn(tmp_path: Path) -> 
         assert len(stored) - len(acked) in (0, 1)  # at most the one committed, not yet printed
     finally:
         await store.close()
+
+
+async def test_records_arriving_steadily_share_a_commit(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a commit, records that arrive in the next loop iterations wait
+    GROUP_LINGER_S and go out in one commit; after a quiet spell a record is committed at
+    once. Every record is answered only once committed (read back by a second store).
+    The linger is stretched to 50 ms so that a slow machine cannot blur the two cases."""
+    from babeldesk.store import sqlite as sqlite_store
+
+    linger = 0.05
+    monkeypatch.setattr(sqlite_store, "GROUP_LINGER_S", linger)
+    path = tmp_path / "s.db"
+    store = sqlite_store.SqliteSessionStore(path, ttl_s=3600)
+    turn = [Turn("user", "hola", language="es")]
+    await store.record("first", turn, create=True)
+    assert store._commits == 1
+
+    async def one(sid: str, iterations: int) -> None:
+        for _ in range(iterations):  # each record in its own loop iteration
+            await asyncio.sleep(0)
+        await store.record(sid, turn, create=True)
+
+    ids = [f"steady-{i}" for i in range(4)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(one(sid, 2 * i) for i, sid in enumerate(ids)))
+    assert store._commits == 2  # one group, not four
+    assert loop.time() - started >= linger * 0.9  # it waited for company
+
+    await asyncio.sleep(linger * 2)  # quiet: the next record does not wait
+    started = loop.time()
+    await store.record("after-quiet", turn, create=True)
+    assert store._commits == 3
+    assert loop.time() - started < linger
+
+    other = sqlite_store.SqliteSessionStore(path, ttl_s=3600)
+    for sid in ["first", *ids, "after-quiet"]:
+        assert [t.text for t in (await other.transcript(sid)).turns] == ["hola"]
+    await other.close()
+    await store.close()

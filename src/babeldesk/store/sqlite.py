@@ -18,7 +18,11 @@ waits: a WAL append without fsync takes microseconds, and its checkpoints (which
 run on the worker thread every ``CHECKPOINT_EVERY`` commits. When another process holds
 the write lock, the group goes to the worker thread, which waits for it (and so do the
 groups after it, in order). On one core this is one commit and no thread hop for many
-messages, instead of four commits and four hops per message.
+messages, instead of four commits and four hops per message. Under steady load a group
+also waits ``GROUP_LINGER_S`` for company: a record that arrives within that time of the
+last commit is committed that long later, with whatever else came meanwhile (a commit
+costs ~70 us of CPU for one record and ~20 us a record in a group of 16, measured here);
+a record after a quiet spell is committed at once.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ BUSY_TIMEOUT_S = 10.0  # wait for another process's write transaction, seconds
 SWEEP_EVERY_S = 60.0  # expired sessions are deleted by a write at most this often
 MAX_GROUP = 256  # records per group commit
 CHECKPOINT_EVERY = 200  # inline commits between two WAL checkpoints (on the executor)
+GROUP_LINGER_S = 0.001  # a group started this soon after the last commit waits this long
 _INSERT_TURN = ("INSERT INTO turns (session_id, seq, time, role, text, language, source, intent,"
                 " confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -94,6 +99,7 @@ class SqliteSessionStore:
         self._flushing = False
         self._queued_groups = 0  # groups handed to the executor and not yet committed
         self._commits = 0  # inline group commits, for the checkpoint cadence
+        self._committed_at = 0.0  # loop time of the last inline commit
         self._inline: sqlite3.Connection | None = None  # the event loop thread's connection
         self._swept_at = 0.0  # time.time() of the last sweep of expired sessions
 
@@ -158,8 +164,17 @@ class SqliteSessionStore:
         self._pending.append((op, fut))
         if not self._flushing:
             self._flushing = True
-            loop.call_soon(self._flush)  # after this loop iteration's other records
+            self._schedule_flush(loop)
         return await fut
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The next group: after this loop iteration's other records, or, when the last
+        commit was less than ``GROUP_LINGER_S`` ago (records are arriving steadily), that
+        much later, so one commit carries the records of several iterations."""
+        if loop.time() - self._committed_at < GROUP_LINGER_S:
+            loop.call_later(GROUP_LINGER_S, self._flush)
+        else:
+            loop.call_soon(self._flush)
 
     def _inline_connection(self) -> sqlite3.Connection:
         if self._inline is None:
@@ -197,6 +212,7 @@ class SqliteSessionStore:
                     return
                 else:
                     self._deliver(batch, None, results)
+                    self._committed_at = loop.time()
                     self._commits += 1
                     if self._commits % CHECKPOINT_EVERY == 0:
                         self._executor.submit(self._checkpoint)
@@ -211,7 +227,7 @@ class SqliteSessionStore:
 
             task.add_done_callback(done)
         finally:
-            loop.call_soon(self._flush)  # whatever arrived meanwhile: the next group
+            self._schedule_flush(loop)  # whatever arrives meanwhile: the next group
 
     def _connection_ready(self) -> None:
         if self._conn is None:  # the schema and WAL mode are set up by the executor's connection
