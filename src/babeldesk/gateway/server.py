@@ -64,7 +64,8 @@ def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any
 
     ucfg = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning",
                           timeout_graceful_shutdown=max(1, int(gw.drain_grace_s)),
-                          timeout_keep_alive=5, http=OneWriteHttpTools)
+                          timeout_keep_alive=5, http=OneWriteHttpTools,
+                          access_log=False)
     DrainingServer(ucfg, grace_s=gw.drain_grace_s, on_drain=on_drain, busy=busy).run()
     return 0
 

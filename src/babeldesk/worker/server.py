@@ -51,7 +51,8 @@ def run_worker(config: Config) -> int:
     ucfg = uvicorn.Config(
         app, host=config.worker.host, port=config.worker.port, log_level="warning",
         timeout_graceful_shutdown=max(1, int(config.worker.drain_grace_s)),
-        limit_concurrency=None, timeout_keep_alive=5, http=OneWriteHttpTools)
+        limit_concurrency=None, timeout_keep_alive=5, http=OneWriteHttpTools,
+        access_log=False)
     def on_drain() -> None:
         state.phase = Phase.DRAINING
         if state.engine is not None:
