@@ -5,6 +5,8 @@
     python benchmarks/matcher_eval.py --tune               # grid-search thresholds on the tune half
     python benchmarks/matcher_eval.py --verifier llm --verify-low 0.4 --verify-high 0.8
     python benchmarks/matcher_eval.py --cascade-threshold none  # the combined model on every message
+    python benchmarks/matcher_eval.py --embedder static    # the static table distilled from e5
+    python benchmarks/matcher_eval.py --embedder static --fallback e5 --tune  # 3 stages
 
 Split discipline: every line of benchmarks/data/intent_eval.jsonl falls in the "tune" or
 the "test" half by a hash of its text (stable across runs and edits of other lines).
@@ -102,20 +104,27 @@ def score(rows: Sequence[dict[str, Any]], preds: Sequence[Match]) -> dict[str, A
         "false_hits": false_hits,
         "verified": sum(p.verified for p in preds),
         "embedded": sum(p.embedded for p in preds) / max(len(preds), 1),
+        "fallback": sum(p.fallback for p in preds) / max(len(preds), 1),
     }
 
 
 def cascade(matcher: IntentMatcher, first: np.ndarray, probs: np.ndarray,
-            threshold: float | None) -> list[Match]:
-    """The cascade's decisions from both stages' probabilities (as ``match_many`` does);
-    threshold None: the combined model decides every message."""
-    if threshold is None:
-        return [matcher.decide(p) for p in probs]
-    return [matcher.first_stage(f, threshold) or matcher.decide(p) for f, p in zip(first, probs)]
+            threshold: float | None, third: np.ndarray | None = None,
+            middle: float | None = None) -> list[Match]:
+    """The cascade's decisions from every stage's probabilities (as ``match_many`` does);
+    threshold None: no n-gram stage; ``third`` (the fallback model's rows): the combined
+    model decides only when sure (``middle``), the third stage the rest."""
+    out = []
+    for i, (f, p) in enumerate(zip(first, probs)):
+        match = matcher.first_stage(f, threshold) if threshold is not None else None
+        if match is None and third is not None:
+            match = matcher.middle_stage(p, middle) or replace(matcher.decide(third[i]), fallback=True)
+        out.append(match or matcher.decide(p))
+    return out
 
 
 def tune(matcher: IntentMatcher, rows: list[dict[str, Any]], first: np.ndarray,
-         probs: np.ndarray) -> None:
+         probs: np.ndarray, third: np.ndarray | None = None) -> None:
     """Print the accept-threshold grid and the cascade-threshold grid on the tune half."""
     idx = [i for i, r in enumerate(rows) if r["half"] == "tune"]
     sub = [rows[i] for i in idx]
@@ -131,6 +140,15 @@ def tune(matcher: IntentMatcher, rows: list[dict[str, Any]], first: np.ndarray,
         s = score(sub, preds)
         print(f"  {th:.2f}     {s['accuracy']:.3f}     {s['false_hit_rate']:.3f}"
               f"     {s['embedded']:.3f}")
+    if third is None:
+        return
+    print("cascade x middle threshold  accuracy  false_hits  embedded  fallback (tune half)")
+    for th in np.arange(0.40, 0.96, 0.05):
+        for mid in np.arange(0.50, 1.001, 0.05):
+            preds = cascade(matcher, first[idx], probs[idx], float(th), third[idx], float(mid))
+            s = score(sub, preds)
+            print(f"  {th:.2f}  {mid:.2f}    {s['accuracy']:.3f}     {s['false_hit_rate']:.3f}"
+                  f"     {s['embedded']:.3f}     {s['fallback']:.3f}")
 
 
 async def run_verifier(
@@ -145,14 +163,16 @@ async def run_verifier(
 
 def latency(matcher: IntentMatcher, texts: Sequence[str], n: int) -> dict[str, float]:
     """Per-message matcher latency in ms: one message per call, as the gateway calls it."""
-    samples: list[tuple[float, bool]] = []
+    samples: list[tuple[float, int]] = []  # (ms, stage: 1 n-grams, 2 combined, 3 fallback)
     for text in texts[:n]:
         t0 = time.perf_counter()
-        embedded = matcher.match(text).embedded
-        samples.append(((time.perf_counter() - t0) * 1000, embedded))
+        match = matcher.match(text)
+        samples.append(((time.perf_counter() - t0) * 1000,
+                        3 if match.fallback else 2 if match.embedded else 1))
     out: dict[str, float] = {}
-    for key, part in (("", samples), ("first_", [s for s in samples if not s[1]]),
-                      ("embedded_", [s for s in samples if s[1]])):
+    for key, part in (("", samples), ("first_", [s for s in samples if s[1] == 1]),
+                      ("embedded_", [s for s in samples if s[1] == 2]),
+                      ("fallback_", [s for s in samples if s[1] == 3])):
         ms = sorted(x for x, _ in part) or [float("nan")]
         out[f"{key}n"] = len(part)
         out[f"{key}p50_ms"] = statistics.median(ms)
@@ -171,7 +191,8 @@ def workload(matcher: IntentMatcher) -> dict[str, float]:
     matches = matcher.match_many([s.text(12345678) for s in skeletons])
     kept = [m for s, m in zip(skeletons, matches, strict=True) if m.intent == s.intent]
     return {"skeletons": len(skeletons), "kept": len(kept),
-            "embedded": sum(m.embedded for m in kept) / max(len(kept), 1)}
+            "embedded": sum(m.embedded for m in kept) / max(len(kept), 1),
+            "fallback": sum(m.fallback for m in kept) / max(len(kept), 1)}
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any]) -> str:
@@ -194,6 +215,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
         f"| false hits on out of scope | **{test['false_hit_rate']:.1%}** | {full['false_hit_rate']:.1%} |",
         f"| decided by the verifier | {test['verified']} | {full['verified']} |",
         f"| embedded (n-gram stage unsure) | {test['embedded']:.1%} | {full['embedded']:.1%} |",
+        f"| third stage (fallback embedder) | {test['fallback']:.1%} | {full['fallback']:.1%} |",
         "",
         "False hits per out-of-scope kind (whole set): "
         + ", ".join(f"{k} {h}/{n}" for k, (h, n) in full["per_kind"].items()),
@@ -214,7 +236,9 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
             f" decided by the n-gram stage ({meta['latency']['first_n']}): p50"
             f" {meta['latency']['first_p50_ms']:.3f} ms, p99 {meta['latency']['first_p99_ms']:.3f} ms;"
             f" embedded ({meta['latency']['embedded_n']}): p50"
-            f" {meta['latency']['embedded_p50_ms']:.1f} ms, p99 {meta['latency']['embedded_p99_ms']:.1f} ms."
+            f" {meta['latency']['embedded_p50_ms']:.3f} ms, p99 {meta['latency']['embedded_p99_ms']:.3f} ms;"
+            f" third stage ({meta['latency']['fallback_n']}): p50"
+            f" {meta['latency']['fallback_p50_ms']:.1f} ms, p99 {meta['latency']['fallback_p99_ms']:.1f} ms."
         ),
     ]
     if meta.get("workload"):
@@ -222,7 +246,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, meta: dict[str, An
         lines += ["", (
             f"Serving-rate KB workload (benchmarks/serving_rate_messages.py, {w['skeletons']}"
             f" templates, one message each): {w['kept']} assigned to their intent;"
-            f" of those, {w['embedded']:.1%} reach the embedding stage."
+            f" of those, {w['embedded']:.1%} reach the embedding stage,"
+            f" {w['fallback']:.1%} the third stage (fallback embedder)."
         )]
     if args.show_errors:  # tune half only: the test half stays unseen while tuning
         tuned = results["tune"]
@@ -236,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kb", type=Path, default=None, help="KB folder (default: bundled demo)")
     ap.add_argument("--eval", type=Path, default=DEFAULT_EVAL)
     ap.add_argument("--embedder", choices=[k.value for k in EmbedderKind], default="e5")
+    ap.add_argument("--fallback", choices=["none", *(k.value for k in EmbedderKind if k.value != "none")],
+                    default="none", help="third stage behind the combined model (e.g. e5 behind static)")
+    ap.add_argument("--middle-threshold", type=float, default=None, help="override middle_threshold")
+    ap.add_argument("--fallback-weight", type=float, default=None)
+    ap.add_argument("--fallback-c", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--threshold", type=float, default=None, help="override accept_threshold")
     ap.add_argument("--verify-low", type=float, default=None, help="override verify_low")
@@ -255,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     kb = load_kb(args.kb)
-    config = MatcherConfig(embedder=EmbedderKind(args.embedder), threads=args.threads)
+    config = MatcherConfig(embedder=EmbedderKind(args.embedder), threads=args.threads,
+                           fallback=None if args.fallback == "none" else EmbedderKind(args.fallback))
     if args.no_cache:
         config = replace(config, cache_dir=None)
     overrides = {
@@ -265,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "embedding_weight": args.embedding_weight,
         "c": args.c,
         "cascade_c": args.cascade_c,
+        "middle_threshold": args.middle_threshold,
+        "fallback_weight": args.fallback_weight,
+        "fallback_c": args.fallback_c,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -286,9 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     overlap = sum(normalize(r["text"]) in kb_norm for r in rows)
     probs = matcher.probabilities([r["text"] for r in rows])  # combined model, every row
     first = matcher.ngram_probabilities([r["text"] for r in rows])
-    preds = cascade(matcher, first, probs, config.cascade_threshold)
+    third = (matcher.fallback_probabilities([r["text"] for r in rows])
+             if matcher.has_fallback else None)
+    preds = cascade(matcher, first, probs, config.cascade_threshold, third)
     if args.tune:
-        tune(matcher, rows, first, probs)
+        tune(matcher, rows, first, probs, third)
     if args.verifier == "llm":
         preds = asyncio.run(_with_llm(matcher, rows, preds, args))
 

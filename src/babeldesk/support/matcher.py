@@ -20,6 +20,9 @@ DESIGN.md measured why a cosine threshold over one embedder fails (65-80% top-1 
    n-grams alone decides the messages it is sure of (P(best intent) >=
    ``cascade_threshold`` and above P(out_of_scope)); only the others are embedded and
    go through the combined model (and the verifier). ``Match.embedded`` says which.
+   Optionally a third stage (``MatcherConfig.fallback``): with the cheap static
+   embedding in the combined model, the messages it is unsure of go to n-grams + e5
+   (``Match.fallback``).
    The n-gram stage scores a message with a dict and a dense weight block
    (``NgramTfidf`` / ``_LinearHead``), the same numbers as scikit-learn's
    ``transform`` + ``predict_proba`` without their per-call validation (~10x cheaper).
@@ -30,7 +33,8 @@ Thresholds default to values tuned on one half of benchmarks/data/intent_eval.js
 Threads: the embedder's thread count is explicit (``MatcherConfig.threads``); numpy /
 scikit-learn BLAS pools are limited to the same count while training and embedding.
 In ``amatch`` the n-gram stage runs on the caller's event loop (~0.1 ms, less than a hop
-to a worker thread); the embedding stage runs in a worker thread.
+to a worker thread); the embedding stage runs in a worker thread, except for an inline
+embedder (``static``, tens of microseconds), which runs on the loop too.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from babeldesk.support.embed import (
     EmbedderKind,
     default_cache_dir,
     embed_cached,
+    is_inline,
     make_embedder,
 )
 from babeldesk.support.kb import KnowledgeBase
@@ -96,6 +101,14 @@ class MatcherConfig:
     # margin from the edge.
     cascade_threshold: float | None = 0.65
     cascade_c: float = 200.0  # inverse L2 regularisation of the n-gram-only regression
+    # A third stage behind the combined model, for a cheap ``embedder`` (static): the
+    # combined model decides when its P(best intent) >= middle_threshold and > its
+    # P(out_of_scope); every other message goes to n-grams + the ``fallback`` embedder
+    # (e5), a model of its own (fallback_weight, fallback_c: e5's tuned values).
+    fallback: EmbedderKind | None = None
+    middle_threshold: float = 0.80
+    fallback_weight: float = 1.5
+    fallback_c: float = 50.0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -113,6 +126,12 @@ class MatcherConfig:
             raise ConfigError("matcher.cascade_threshold", "must be in (0, 1], or unset")
         if self.cascade_c <= 0:
             raise ConfigError("matcher.cascade_c", "must be > 0")
+        if not 0.0 < self.middle_threshold <= 1.0:
+            raise ConfigError("matcher.middle_threshold", "must be in (0, 1]")
+        if self.fallback_c <= 0 or self.fallback_weight < 0:
+            raise ConfigError("matcher.fallback_c", "fallback_c must be > 0, fallback_weight >= 0")
+        if self.fallback is not None and self.fallback is self.embedder:
+            raise ConfigError("matcher.fallback", "must differ from matcher.embedder")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +151,9 @@ class Match:
     # the embedding stage ran (the n-gram stage was unsure); False: probabilities above
     # are the n-gram stage's
     embedded: bool = False
+    # the third stage decided (the combined model was unsure; n-grams + the fallback
+    # embedder, e5, ran): probabilities above are that model's
+    fallback: bool = False
 
 
 # (message, top-k candidates) -> a candidate's intent id, or None for "none of these".
@@ -256,6 +278,8 @@ class IntentMatcher:
         classifier: LogisticRegression,
         embedder: Embedder | None,
         ngram_classifier: LogisticRegression | None = None,
+        fallback_classifier: LogisticRegression | None = None,
+        fallback_embedder: Embedder | None = None,
     ) -> None:
         self.config = config
         self.labels = labels  # classifier column order; includes OUT_OF_SCOPE
@@ -269,6 +293,11 @@ class IntentMatcher:
         self._head = _LinearHead(classifier, self._tfidf.size)
         self._first = (_LinearHead(ngram_classifier, self._tfidf.size)
                        if ngram_classifier is not None else None)
+        self._fallback_classifier = fallback_classifier
+        self._fallback_embedder = fallback_embedder
+        self._third = (_LinearHead(fallback_classifier, self._tfidf.size)
+                       if fallback_classifier is not None and fallback_embedder is not None
+                       else None)
         # BLAS / OpenMP pools found once, after the embedder is loaded: threadpool_limits()
         # rescans every loaded library on each call, 3-8 ms a message measured in
         # `serve` (~15% of a KB answer's CPU time); a kept controller's limit() ~10 us.
@@ -279,6 +308,11 @@ class IntentMatcher:
         """Whether an n-gram stage can decide messages without the embedding."""
         return self._first is not None and self.config.cascade_threshold is not None
 
+    @property
+    def has_fallback(self) -> bool:
+        """Whether a third stage (n-grams + the fallback embedder) backs the combined model."""
+        return self._third is not None
+
     @classmethod
     def train(
         cls,
@@ -287,9 +321,11 @@ class IntentMatcher:
         descriptions: Mapping[str, str],
         config: MatcherConfig | None = None,
         embedder: Embedder | None = None,
+        fallback_embedder: Embedder | None = None,
     ) -> IntentMatcher:
         """examples: (intent_id, question) pairs; negatives: out-of-scope messages.
-        ``embedder`` overrides ``config.embedder`` (to share one loaded model)."""
+        ``embedder`` / ``fallback_embedder`` override ``config.embedder`` /
+        ``config.fallback`` (to share one loaded model)."""
         config = config or MatcherConfig()
         pairs = [(label, text) for label, text in examples]
         pairs += [(OUT_OF_SCOPE, text) for text in negatives]
@@ -299,6 +335,8 @@ class IntentMatcher:
             raise ConfigError("matcher", "needs out-of-scope examples")
         if embedder is None:
             embedder = make_embedder(config.embedder, config.threads)
+        if fallback_embedder is None and config.fallback is not None and embedder is not None:
+            fallback_embedder = make_embedder(config.fallback, config.threads)
         started = time.monotonic()
         texts = [normalize(text) for _, text in pairs]
         y = [label for label, _ in pairs]
@@ -318,6 +356,12 @@ class IntentMatcher:
             x = _features(x_chars, dense, config.embedding_weight)
             classifier = LogisticRegression(C=config.c, max_iter=2000, class_weight="balanced")
             classifier.fit(x, y)
+            fallback_classifier = None
+            if fallback_embedder is not None and embedder is not None:
+                fallback_dense = embed_cached(fallback_embedder, texts, config.cache_dir)
+                fallback_classifier = LogisticRegression(
+                    C=config.fallback_c, max_iter=2000, class_weight="balanced"
+                ).fit(_features(x_chars, fallback_dense, config.fallback_weight), y)
         labels = tuple(str(label) for label in classifier.classes_)
         log.info(
             "intent matcher trained: %d examples, %d classes, cascade %s, %.1f s",
@@ -325,7 +369,7 @@ class IntentMatcher:
             time.monotonic() - started,
         )
         return cls(config, labels, descriptions, vectorizer, classifier, embedder,
-                   ngram_classifier)
+                   ngram_classifier, fallback_classifier, fallback_embedder)
 
     @classmethod
     def from_kb(
@@ -334,6 +378,7 @@ class IntentMatcher:
         config: MatcherConfig | None = None,
         negatives: Iterable[str] | None = None,
         embedder: Embedder | None = None,
+        fallback_embedder: Embedder | None = None,
     ) -> IntentMatcher:
         """Train on every example of ``kb``; ``negatives`` default to the bundled
         out-of-scope examples (all kinds)."""
@@ -341,7 +386,7 @@ class IntentMatcher:
             negatives = [t for texts in load_out_of_scope().values() for t in texts]
         descriptions = {i.id: i.description for i in kb.intents.values()}
         examples = [(e.intent_id, e.text) for e in kb.examples()]
-        return cls.train(examples, negatives, descriptions, config, embedder)
+        return cls.train(examples, negatives, descriptions, config, embedder, fallback_embedder)
 
     # -- scoring -----------------------------------------------------------------------
 
@@ -358,6 +403,26 @@ class IntentMatcher:
         head = self._first or self._head
         return np.stack([head.probabilities(*self._tfidf.transform(normalize(m)))
                          for m in messages]) if messages else np.empty((0, len(self.labels)))
+
+    def fallback_probabilities(self, messages: Sequence[str]) -> np.ndarray:
+        """messages -> float [n, len(self.labels)]: the third stage (n-grams + the fallback
+        embedder) for every message; requires ``has_fallback``."""
+        texts = [normalize(m) for m in messages]
+        return self._fallback_scores(texts, [self._tfidf.transform(t) for t in texts])
+
+    def middle_stage(self, probs: np.ndarray, threshold: float | None = None) -> Match | None:
+        """One row of ``probabilities`` -> the combined model's decision when a third stage
+        backs it and it is sure (P(best) >= ``middle_threshold`` and > P(out_of_scope));
+        None: the third stage decides. Without a third stage: ``decide``."""
+        if self._third is None:
+            return self.decide(probs)
+        threshold = self.config.middle_threshold if threshold is None else threshold
+        candidates = self._candidates(probs)
+        best = candidates[0]
+        p_oos = float(probs[self._oos_col])
+        if best.probability >= threshold and best.probability > p_oos:
+            return Match(best.intent_id, best.probability, candidates, p_oos, embedded=True)
+        return None
 
     def first_stage(self, probs: np.ndarray, threshold: float | None = None) -> Match | None:
         """One row of ``ngram_probabilities`` -> the cascade's decision without the
@@ -395,7 +460,12 @@ class IntentMatcher:
         if unsure:
             probs = self._combined([texts[i] for i in unsure], [grams[i] for i in unsure])
             for i, row in zip(unsure, probs, strict=True):
-                out[i] = self.decide(row)
+                out[i] = self.middle_stage(row)
+        rest = [i for i, m in enumerate(out) if m is None]  # only with a third stage
+        if rest:
+            probs = self._fallback_scores([texts[i] for i in rest], [grams[i] for i in rest])
+            for i, row in zip(rest, probs, strict=True):
+                out[i] = replace(self.decide(row), fallback=True)
         return [m for m in out if m is not None]
 
     async def amatch(self, message: str, verifier: Verifier | None = None) -> Match:
@@ -412,11 +482,15 @@ class IntentMatcher:
         first = self._first_of(grams)
         if first is not None:  # decided by the n-gram stage: no embedding, no verifier
             return first
-        if self._embedder is None:  # n-grams only: as cheap as the stage above
+        if self._embedder is None or is_inline(self._embedder):  # as cheap as the stage above
             probs = self._combined([text], [grams])[0]
         else:
             probs = (await asyncio.to_thread(self._combined, [text], [grams]))[0]
-        return await self.verify(message, self.decide(probs), verifier)
+        decided = self.middle_stage(probs)
+        if decided is None:  # the combined model is unsure: the third stage, in a thread
+            probs = (await asyncio.to_thread(self._fallback_scores, [text], [grams]))[0]
+            decided = replace(self.decide(probs), fallback=True)
+        return await self.verify(message, decided, verifier)
 
     async def verify(self, message: str, match: Match, verifier: Verifier | None) -> Match:
         """The decision around the verifier (pure apart from calling it):
@@ -459,11 +533,28 @@ class IntentMatcher:
         """Normalised texts + their n-gram rows -> the combined model's [n, labels]."""
         dense: np.ndarray | None = None
         if self._embedder is not None and self.config.embedding_weight and texts:
-            with self._pools.limit(limits=self.config.threads):
+            if is_inline(self._embedder):  # a table lookup: no BLAS pool to limit (~10 us)
                 dense = self._embedder.embed(texts) * self.config.embedding_weight
+            else:
+                with self._pools.limit(limits=self.config.threads):
+                    dense = self._embedder.embed(texts) * self.config.embedding_weight
         out = np.empty((len(texts), len(self.labels)))
         for i, (cols, weights) in enumerate(grams):
             out[i] = self._head.probabilities(cols, weights, None if dense is None else dense[i])
+        return out
+
+    def _fallback_scores(self, texts: Sequence[str],
+                         grams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Normalised texts + their n-gram rows -> the third stage's [n, labels]."""
+        if self._third is None or self._fallback_embedder is None:
+            raise RuntimeError("this matcher has no third stage (config.fallback)")
+        dense: np.ndarray | None = None
+        if self.config.fallback_weight and texts:
+            with self._pools.limit(limits=self.config.threads):
+                dense = self._fallback_embedder.embed(texts) * self.config.fallback_weight
+        out = np.empty((len(texts), len(self.labels)))
+        for i, (cols, weights) in enumerate(grams):
+            out[i] = self._third.probabilities(cols, weights, None if dense is None else dense[i])
         return out
 
 

