@@ -535,30 +535,31 @@ class IntentMatcher:
     def _combined(self, texts: Sequence[str],
                   grams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """Normalised texts + their n-gram rows -> the combined model's [n, labels]."""
-        dense: np.ndarray | None = None
-        if self._embedder is not None and self.config.embedding_weight and texts:
-            if is_inline(self._embedder):  # a table lookup: no BLAS pool to limit (~10 us)
-                dense = self._embedder.embed(texts) * self.config.embedding_weight
-            else:
-                with self._pools.limit(limits=self.config.threads):
-                    dense = self._embedder.embed(texts) * self.config.embedding_weight
-        out = np.empty((len(texts), len(self.labels)))
-        for i, (cols, weights) in enumerate(grams):
-            out[i] = self._head.probabilities(cols, weights, None if dense is None else dense[i])
-        return out
+        return self._scores(self._head, self._embedder, self.config.embedding_weight,
+                            texts, grams)
 
     def _fallback_scores(self, texts: Sequence[str],
                          grams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """Normalised texts + their n-gram rows -> the third stage's [n, labels]."""
         if self._third is None or self._fallback_embedder is None:
             raise RuntimeError("this matcher has no third stage (config.fallback)")
+        return self._scores(self._third, self._fallback_embedder, self.config.fallback_weight,
+                            texts, grams)
+
+    def _scores(self, head: _LinearHead, embedder: Embedder | None, weight: float,
+                texts: Sequence[str],
+                grams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """One stage over [n-grams | weighted embedding] -> [n, labels]."""
         dense: np.ndarray | None = None
-        if self.config.fallback_weight and texts:
-            with self._pools.limit(limits=self.config.threads):
-                dense = self._fallback_embedder.embed(texts) * self.config.fallback_weight
+        if embedder is not None and weight and texts:
+            if is_inline(embedder):  # a table lookup: no BLAS pool to limit (~10 us)
+                dense = embedder.embed(texts) * weight
+            else:
+                with self._pools.limit(limits=self.config.threads):
+                    dense = embedder.embed(texts) * weight
         out = np.empty((len(texts), len(self.labels)))
         for i, (cols, weights) in enumerate(grams):
-            out[i] = self._third.probabilities(cols, weights, None if dense is None else dense[i])
+            out[i] = head.probabilities(cols, weights, None if dense is None else dense[i])
         return out
 
 
