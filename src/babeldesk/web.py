@@ -196,9 +196,10 @@ class _OneWriteCycle(RequestResponseCycle):
                 await super().send(message)
             finally:
                 self.transport = real
-            if self.chunked_encoding or self.scope["method"] == "HEAD" or not held.data:
-                if held.data:
-                    real.write(held.data)
+            if not held.data:  # the client is gone: nothing was written
+                return
+            if self.chunked_encoding or self.scope["method"] == "HEAD":
+                real.write(held.data)  # streamed or bodiless: the head goes out now
             else:
                 self._head = held.data
             return

@@ -296,7 +296,6 @@ class IntentMatcher:
         self._head = _LinearHead(classifier, self._tfidf.size)
         self._first = (_LinearHead(ngram_classifier, self._tfidf.size)
                        if ngram_classifier is not None else None)
-        self._fallback_classifier = fallback_classifier
         self._fallback_embedder = fallback_embedder
         self._third = (_LinearHead(fallback_classifier, self._tfidf.size)
                        if fallback_classifier is not None and fallback_embedder is not None
@@ -420,12 +419,7 @@ class IntentMatcher:
         if self._third is None:
             return self.decide(probs)
         threshold = self.config.middle_threshold if threshold is None else threshold
-        candidates = self._candidates(probs)
-        best = candidates[0]
-        p_oos = float(probs[self._oos_col])
-        if best.probability >= threshold and best.probability > p_oos:
-            return Match(best.intent_id, best.probability, candidates, p_oos, embedded=True)
-        return None
+        return self._sure(probs, threshold, embedded=True)
 
     def first_stage(self, probs: np.ndarray, threshold: float | None = None) -> Match | None:
         """One row of ``ngram_probabilities`` -> the cascade's decision without the
@@ -434,11 +428,16 @@ class IntentMatcher:
         threshold = self.config.cascade_threshold if threshold is None else threshold
         if self._first is None or threshold is None:
             return None
+        return self._sure(probs, threshold, embedded=False)
+
+    def _sure(self, probs: np.ndarray, threshold: float, *, embedded: bool) -> Match | None:
+        """A cascade stage's decision: the best intent when P(best) >= ``threshold`` and
+        > P(out_of_scope); None: unsure, the next stage decides."""
         candidates = self._candidates(probs)
         best = candidates[0]
         p_oos = float(probs[self._oos_col])
         if best.probability >= threshold and best.probability > p_oos:
-            return Match(best.intent_id, best.probability, candidates, p_oos)
+            return Match(best.intent_id, best.probability, candidates, p_oos, embedded=embedded)
         return None
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> Match:
