@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import WorkerProcess, start_worker
 from tests.fleet.faulty_server import FaultyServer
-from tests.integration.test_chaos import ring_home
+from tests.integration.test_chaos import ring_home, upstream_metrics, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,11 @@ class Stack:
         """A passthrough session id whose first choice is the faulty server."""
         return next(sid for sid in (f"{prefix}-{i}" for i in range(1000))
                     if ring_home(self.urls, sid) == self.faulty.url)
+
+    def session_on_worker(self, prefix: str) -> str:
+        """A passthrough session id whose first choice is the real worker."""
+        return next(sid for sid in (f"{prefix}-{i}" for i in range(1000))
+                    if ring_home(self.urls, sid) == self.worker.url)
 
     def support_session_on_faulty(self) -> str:
         """A support session (created by a knowledge-base question, no model call) homed
@@ -189,6 +195,39 @@ def test_slow_upstream_is_waited_for_not_retried(stack) -> None:
     assert _worker_requests(stack) == worker_before
 
 
+def test_a_client_that_hangs_up_stops_the_generation_on_the_worker(stack) -> None:
+    """A non-streamed completion whose client gives up (a 2 s read timeout) before the
+    answer: the gateway drops its upstream call, and the worker aborts the sequence and
+    frees its slot, long before the 1,500 tokens asked for (~13 s on one core here).
+    Without that the worker goes on generating for nobody. Not a failure of the worker
+    either: no breaker count, no retry elsewhere."""
+    sid = stack.session_on_worker("hangup")
+    max_tokens = 1500
+    count = "Count from 1 to 1000, one number after another, separated by commas."
+    body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0,  # 1, 2, 3, ... no EOS
+            "messages": [{"role": "user", "content": count}]}
+    aborted, tokens = _engine_counts(stack)
+    _, outcomes = upstream_metrics(stack.gateway.url, stack.worker.url)
+    faulty_before = stack.faulty.chat_requests
+    with httpx.Client(base_url=stack.gateway.url, timeout=httpx.Timeout(30, read=2)) as client, \
+            pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/chat/completions", json=body, headers={"x-session-id": sid})
+    # the client's connection is closed now
+
+    def settled() -> bool:
+        ready = httpx.get(stack.worker.url + "/ready", timeout=10).json()
+        return _engine_counts(stack)[0] > aborted and ready["running"] == ready["waiting"] == 0
+
+    wait_for("the worker to abort the sequence", settled, timeout=8,
+             show=lambda: (_engine_counts(stack), stack.worker.url))
+    assert _engine_counts(stack)[1] - tokens < max_tokens // 2  # stopped well before the end
+    _, after = upstream_metrics(stack.gateway.url, stack.worker.url)
+    assert after - outcomes == {"cancelled": 1}  # neither a failure nor an answer
+    assert stack.faulty.chat_requests == faulty_before  # not retried elsewhere
+    scrape = httpx.get(stack.gateway.url + "/metrics", timeout=10).text
+    assert 'route="/v1/chat/completions",status="499"' in scrape  # the client left
+
+
 def test_support_message_past_a_hung_upstream(stack) -> None:
     """A non-streamed support message: the hang is retried on the worker; the customer
     gets a model answer and never hears of it."""
@@ -252,3 +291,17 @@ def _worker_requests(stack: Stack) -> int:
         if line.startswith("babeldesk_requests_total{") and 'route="/v1/chat/completions"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
+
+
+def _engine_counts(stack: Stack) -> tuple[int, int]:
+    """(sequences the worker's engine aborted, tokens it generated), from its /metrics."""
+    text = httpx.get(stack.worker.url + "/metrics", timeout=10).text
+    aborted = tokens = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "babeldesk_engine_requests_total" and \
+                    s.labels.get("finish_reason") == "abort":
+                aborted += s.value
+            elif s.name == "babeldesk_tokens_generated_total":
+                tokens += s.value
+    return int(aborted), int(tokens)

@@ -7,10 +7,13 @@ solving (``install`` puts the endpoints in ``HotRoutes.hot``, served before all 
 the API key check, the request metrics and the JSON errors done here as the middleware
 and handlers would), re-encoding the JSON body (the client's bytes go upstream as they
 came, after one parse that checks them and reads ``stream``), and a ``Response`` object
-for a whole answer (two ASGI messages are sent directly). A streamed answer still goes
-out through ``StreamingResponse``, whose disconnect listener stops the upstream stream
-when the client leaves. The same endpoints are also plain routes (other methods get 405
-there; an app without ``hot`` serves them through its middleware).
+for a whole answer (two ASGI messages are sent directly). A client that hangs up stops
+the upstream request, so the worker aborts the generation and frees its slot: while a
+whole answer is awaited, through ``hot.until_disconnect`` (the upstream call is
+cancelled and its connection closed); a streamed answer goes out through
+``StreamingResponse``, whose disconnect listener stops the upstream stream. The same
+endpoints are also plain routes (other methods get 405 there; an app without ``hot``
+serves them through its middleware).
 
 ``x-babeldesk-upstream`` names the worker that answered; a 429's ``Retry-After`` is
 passed on.
@@ -30,7 +33,7 @@ from starlette.routing import Match, Route
 from babeldesk.errors import InvalidRequest
 from babeldesk.fleet.client import Fleet, UpstreamReply
 from babeldesk.gateway.app import GatewayState
-from babeldesk.gateway.hot import Counted
+from babeldesk.gateway.hot import Counted, until_disconnect
 from babeldesk.web import decode_json_body, read_body
 
 log = logging.getLogger(__name__)
@@ -92,8 +95,12 @@ class Passthrough:
         if session_id is not None and not session_id.isprintable():
             raise InvalidRequest(f"{self.session_header}: control characters",
                                  param=self.session_header)
-        reply = await self.fleet.request(raw=raw, stream=bool(body.get("stream")),
-                                         session_id=session_id)
+        stream = bool(body.get("stream"))
+        work = self.fleet.request(raw=raw, stream=stream, session_id=session_id)
+        # a whole answer: a client that hangs up cancels the upstream call (ClientDisconnect,
+        # counted 499), whose connection is then closed, so the worker aborts the sequence;
+        # a streamed one is stopped by StreamingResponse's disconnect listener in ``relay``
+        reply = await (work if stream else until_disconnect(work, receive))
         await relay(reply, scope, receive, send)
 
     async def models(self, scope: Scope, receive: Any, send: Any) -> None:
