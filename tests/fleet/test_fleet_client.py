@@ -293,6 +293,30 @@ async def test_stream_not_read_to_the_end_is_settled_by_aclose(servers, make_fle
     assert up.breaker.state is BreakerState.CLOSED  # the caller leaving is no failure
 
 
+async def test_a_cancelled_whole_answer_drops_its_connection_and_is_no_failure(
+        servers, make_fleet) -> None:
+    """The gateway cancels a non-streamed call whose client hung up: the connection is
+    closed (the worker sees its client leave), not pooled half-read; no retry elsewhere,
+    nothing against the breaker."""
+    a, b = servers[:2]
+    for s in (a, b):
+        s.mode, s.delay_s = "slow", 1.0
+    fleet = await make_fleet(config([a, b], breaker_failures=1, first_byte_timeout_s=5))
+    call = asyncio.create_task(fleet.request(CHAT))
+    assert await _eventually(lambda: a.chat_in_flight + b.chat_in_flight == 1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert fleet._client.connections == (0, 0)  # closed, not back in the keep-alive pool
+    ups = [u for u in fleet.pool.upstreams if sum(u.outcomes.values())]
+    assert len(ups) == 1 and dict(ups[0].outcomes) == {"cancelled": 1}
+    assert ups[0].outstanding == 0 and ups[0].breaker.state is BreakerState.CLOSED
+    assert ups[0].breaker.consecutive_failures == 0
+    await asyncio.sleep(1.2)  # past the answer the server would have sent
+    assert a.chat_requests + b.chat_requests == 1  # not retried
+    assert (await fleet.request(CHAT)).status == 200
+
+
 async def test_raw_bytes_are_forwarded_as_sent(servers, make_fleet) -> None:
     a, b, c = servers
     fleet = await make_fleet(config([a]))
