@@ -260,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--kb", type=Path, default=None, help="KB folder (default: bundled demo)")
     ap.add_argument("--eval", type=Path, default=DEFAULT_EVAL)
-    ap.add_argument("--embedder", choices=[k.value for k in EmbedderKind], default="e5")
+    ap.add_argument("--embedder", choices=[k.value for k in EmbedderKind],
+                    default=MatcherConfig.embedder.value, help="default: the matcher's default")
     ap.add_argument("--fallback", choices=["none", *(k.value for k in EmbedderKind if k.value != "none")],
                     default="none", help="third stage behind the combined model (e.g. e5 behind static)")
     ap.add_argument("--middle-threshold", type=float, default=None, help="override middle_threshold")

