@@ -15,6 +15,7 @@ all three alike. Per core: the server process's CPU time per answered request, f
 
     python benchmarks/serving_rate.py                       # the documented run
     python benchmarks/serving_rate.py --sessions memory     # + serve with memory:// sessions
+    python benchmarks/serving_rate.py --kb-embedders e5,e5-onnx  # + kb with the int8 e5
     python benchmarks/serving_rate.py --targets ceiling --duration 1 --max-trials 2  # smoke
     python benchmarks/serving_rate.py --plot-only           # PNG from the JSON
 
@@ -61,6 +62,7 @@ class Server:
     args: list[str]
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # on top of this process's environment
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far (all threads)."""
@@ -111,7 +113,8 @@ class Search:
 def start(server: Server, cpu: int | None, log_dir: Path) -> None:
     cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + server.args
     log = open(log_dir / f"{server.name}.log", "wb")  # noqa: SIM115 - lives with the process
-    server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    env = None if server.env is None else {**os.environ, **server.env}
+    server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
 
 def wait_ready(server: Server, timeout_s: float) -> None:
@@ -302,6 +305,10 @@ def main() -> int:
     p.add_argument("--targets", default="ceiling,cache,kb")
     p.add_argument("--sessions", default="sqlite", help="sqlite (the default store) and/or "
                    "memory, comma-separated: one serve process each")
+    p.add_argument("--kb-embedders", default="",
+                   help="comma-separated support.matcher_embedder values: the kb target once per "
+                   "embedder, each its own serve (sqlite sessions); the first one is the default "
+                   "serve's (e.g. e5,e5-onnx; empty: the default embedder only)")
     p.add_argument("--slo-ms", type=float, default=20.0)
     p.add_argument("--kb-loose-slo-ms", type=float, default=0.0,
                    help="also search the kb target at this looser p99 (0: no)")
@@ -346,6 +353,16 @@ def main() -> int:
             port = free_port()
             url = f"sqlite:///{tmp}/sessions.db" if v == "sqlite" else "memory://"
             servers[f"serve-{v}"] = Server(f"serve-{v}", serve_args(port, url, args.serve_arg), port)
+    embedders = [e for e in args.kb_embedders.split(",") if e]
+    env_key = "BABELDESK_SUPPORT_MATCHER_EMBEDDER"
+    if embedders and "serve-sqlite" in servers:
+        servers["serve-sqlite"].env = {env_key: embedders[0]}
+    if "kb" in targets:
+        for e in embedders[1:]:
+            port = free_port()
+            url = f"sqlite:///{tmp}/sessions-{e}.db"
+            servers[f"serve-{e}"] = Server(f"serve-{e}", serve_args(port, url, args.serve_arg),
+                                           port, env={env_key: e})
     try:
         for srv in servers.values():
             start(srv, server_cpu, tmp)
@@ -355,7 +372,7 @@ def main() -> int:
         kept: list[messages.Skeleton] = []
         rejected = 0
         if any(t != "ceiling" for t in targets):
-            kept, rejected = messages.screen(messages.skeletons())
+            kept, rejected = messages.screen(messages.skeletons(), embedders=embedders)
             print(f"message templates answered by the KB without the verifier: {len(kept)} "
                   f"(rejected {rejected})", flush=True)
         if "ceiling" in targets:
@@ -384,6 +401,11 @@ def main() -> int:
                     searches.append(Search("kb-loose" + suffix,
                                            server, fresh, START_RATE["kb"],
                                            args.kb_loose_slo_ms))
+        for k, e in enumerate(embedders[1:], start=len(variants)):
+            server = servers.get(f"serve-{e}")
+            if server is not None:
+                fresh = (messages.body(m) for m in messages.stream(kept, seed=k))
+                searches.append(Search(f"kb@{e}", server, fresh, START_RATE["kb"], args.slo_ms))
         asyncio.run(search_all(searches, args))
         closed: dict[str, Any] = {}
         if args.wrk_seconds > 0 and shutil.which("wrk"):
@@ -415,6 +437,7 @@ def main() -> int:
         "load_avg_1m_start": load_start, "load_avg_1m_end": os.getloadavg()[0],
         "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
         "kb_templates_kept": len(kept), "kb_templates_rejected": rejected,
+        "kb_embedders": embedders,
         "summary": [summary(s, ceiling, ceiling_cpu) for s in searches],
         "wrk_closed_loop": closed,
         "trials": {s.target: s.trials for s in searches},

@@ -131,20 +131,30 @@ def _lower_first(text: str) -> str:
     return text
 
 
-def screen(candidates: Sequence[Skeleton], threads: int = 1) -> tuple[list[Skeleton], int]:
+def screen(candidates: Sequence[Skeleton], threads: int = 1,
+           embedders: Sequence[str] = ()) -> tuple[list[Skeleton], int]:
     """Keep the skeletons that the real matcher (trained on the bundled KB, as ``serve``
-    trains it) assigns to their intent without asking the model verifier. Returns
-    (kept, rejected count). Loads the matcher in this process: ~10-60 s."""
+    trains it) assigns to their intent without asking the model verifier; with
+    ``embedders`` (support.matcher_embedder values), the matcher with each of them must.
+    Returns (kept, rejected count). Loads the matcher(s) in this process: ~10-60 s each."""
+    from dataclasses import replace
+
+    from babeldesk.support.embed import EmbedderKind
     from babeldesk.support.kb import load_kb
     from babeldesk.support.matcher import IntentMatcher, MatcherConfig
 
-    config = MatcherConfig(threads=threads)
-    matcher = IntentMatcher.from_kb(load_kb(None), config)
-    matches = matcher.match_many([s.text(1234) for s in candidates])
-    # the verifier is asked only for verify_low <= P < verify_high (an empty band by default)
-    kept = [s for s, m in zip(candidates, matches, strict=True)
-            if m.intent == s.intent
-            and not config.verify_low <= m.confidence < config.verify_high]
+    base = MatcherConfig(threads=threads)
+    configs = [replace(base, embedder=EmbedderKind(e)) for e in embedders] or [base]
+    kb = load_kb(None)
+    texts = [s.text(1234) for s in candidates]
+    keep = [True] * len(candidates)
+    for config in configs:
+        matches = IntentMatcher.from_kb(kb, config).match_many(texts)
+        # the verifier is asked only for verify_low <= P < verify_high (an empty band by default)
+        for i, (s, m) in enumerate(zip(candidates, matches, strict=True)):
+            if m.intent != s.intent or config.verify_low <= m.confidence < config.verify_high:
+                keep[i] = False
+    kept = [s for s, k in zip(candidates, keep, strict=True) if k]
     return kept, len(candidates) - len(kept)
 
 
