@@ -1,6 +1,8 @@
 """HTTP edge helpers shared by every app (worker, gateway): the one place where the
 project's exceptions become JSON errors ``{error: {type, message}}`` with their status.
-Never a stack trace, never a 500 for a client mistake."""
+Never a stack trace, never a 500 for a client mistake; a client that hung up
+(``ClientDisconnect``) is counted as 499 and answered nothing. ``until_disconnect``
+cancels a non-streamed answer's work when its client hangs up."""
 
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge, QueueFull, Unavailable
@@ -63,6 +67,10 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"type": kind, "message": str(exc.detail)}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, __: ClientDisconnect) -> Response:
+        return Response(status_code=CLIENT_GONE)  # counted; uvicorn writes nothing now
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -109,27 +117,48 @@ def decode_json_body(raw: bytes, limit: int) -> Any:
 # --- clients that go away ---------------------------------------------------------------
 
 T = TypeVar("T")
-DISCONNECT_POLL_S = 0.25
+DISCONNECT_POLL_S = 0.25  # seconds a non-streamed answer runs before its client is watched
+CLIENT_GONE = 499  # the status counted for a client that hung up before its answer
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` for a non-streamed response, cancelling it when the client hangs up
-    (a streamed response is cancelled by the server itself), so an abandoned request
-    does not keep a batch slot generating for nobody."""
-    task = asyncio.ensure_future(work)
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work`` (a non-streamed answer) in this task, cancelling it if the client
+    hangs up, so an abandoned request does not keep a batch slot or an upstream call
+    busy for nobody; raises ``ClientDisconnect`` then. The watcher (a task reading
+    ``receive``, whose body must already be read) is only started if the work is still
+    running after ``DISCONNECT_POLL_S``: answers from the cache finish long before, and
+    pay a timer, not a task. A streamed response is stopped by the server itself."""
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
-        while not task.done():
-            if await request.is_disconnected():
-                task.cancel()
+        nonlocal gone
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                me.cancel()
                 return
-            await asyncio.sleep(DISCONNECT_POLL_S)
 
-    watcher = asyncio.create_task(watch())
+    def start() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(DISCONNECT_POLL_S, start)
     try:
-        return await task
+        return await work
+    except asyncio.CancelledError:
+        if gone:  # our own cancel: the client left; nothing to answer
+            me.uncancel()
+            raise ClientDisconnect from None
+        raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 # --- the heap after start-up ------------------------------------------------------------

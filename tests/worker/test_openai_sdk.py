@@ -54,8 +54,8 @@ def test_streamed_equals_non_streamed_greedy(smol_worker, lang: str) -> None:
 
 def test_sampling_with_seed_is_repeatable(smol_worker) -> None:
     c = client(smol_worker.url)
-    kw = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Tell me a story."}],
-              max_tokens=20, temperature=0.9, top_p=0.95, seed=1234)
+    kw = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Tell me a story."}],
+          "max_tokens": 20, "temperature": 0.9, "top_p": 0.95, "seed": 1234}
     a = c.chat.completions.create(**kw).choices[0].message.content
     b = c.chat.completions.create(**kw).choices[0].message.content
     assert a == b
@@ -63,8 +63,8 @@ def test_sampling_with_seed_is_repeatable(smol_worker) -> None:
 
 def test_stop_sequences(smol_worker) -> None:
     c = client(smol_worker.url)
-    kw = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Count from 1 to 20."}],
-              max_tokens=40, temperature=0)
+    kw = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Count from 1 to 20."}],
+          "max_tokens": 40, "temperature": 0}
     full = c.chat.completions.create(**kw).choices[0].message.content
     stop = full[len(full) // 2:len(full) // 2 + 2]
     cut = c.chat.completions.create(stop=[stop], **kw)
@@ -118,15 +118,28 @@ def test_64_concurrent_streams_with_early_disconnects(smol_worker) -> None:
     assert 'babeldesk_engine_requests_total{finish_reason="abort"}' in metrics
 
 
-def _aborted(url: str) -> float:
+def _sample(url: str, prefix: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith('babeldesk_engine_requests_total{finish_reason="abort"}'):
+        if line.startswith(prefix):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
+def _aborted(url: str) -> float:
+    return _sample(url, 'babeldesk_engine_requests_total{finish_reason="abort"}')
+
+
+def _hung_up(url: str) -> float:
+    return _sample(url, 'babeldesk_requests_total{app="worker",route="/v1/chat/completions",'
+                        'status="499"}')
+
+
 def test_non_streamed_client_that_hangs_up_frees_its_slot(smol_worker) -> None:
-    before = _aborted(smol_worker.url)
+    """A whole answer whose client gives up after 1 s: the worker notices the hang-up,
+    aborts the sequence and frees its slot long before the 900 tokens asked for (~8 s
+    here), counts the request as 499, and logs no stack trace for it."""
+    before, gone = _aborted(smol_worker.url), _hung_up(smol_worker.url)
+    log_start = smol_worker.log.stat().st_size
     body = {"messages": [{"role": "user", "content": "Write a very long story about a parcel."}],
             "max_tokens": 900, "temperature": 0}
     with pytest.raises(httpx.TimeoutException):
@@ -134,8 +147,14 @@ def test_non_streamed_client_that_hangs_up_frees_its_slot(smol_worker) -> None:
     ready = {}
     for _ in range(100):  # well before 900 tokens could have been generated
         ready = httpx.get(smol_worker.url + "/ready").json()
-        if ready["running"] == 0 and ready["waiting"] == 0:
+        if ready["running"] == 0 and ready["waiting"] == 0 and \
+                _hung_up(smol_worker.url) > gone:
             break
         asyncio.run(asyncio.sleep(0.05))
     assert ready["running"] == 0 and ready["waiting"] == 0
     assert _aborted(smol_worker.url) == before + 1  # cancelled, not run to its end
+    assert _hung_up(smol_worker.url) == gone + 1  # the client left: neither 200 nor 500
+    with smol_worker.log.open("rb") as f:
+        f.seek(log_start)
+        logged = f.read().decode("utf-8", "replace")
+    assert "Traceback" not in logged and "ERROR" not in logged, logged

@@ -3,6 +3,8 @@ messages, max_tokens, temperature, top_p, seed, stop, stream, usage).
 
 Request parsing is a pure function (``parse_chat_request``) so bad input is tested
 without a server; ``openai_router`` mounts it on FastAPI for the worker and for ``serve``.
+A client that hangs up aborts its engine sequence and frees the batch slot: a whole
+answer through ``web.until_disconnect`` (counted 499), a stream when the server stops it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from babeldesk.errors import InvalidRequest, ModelNotFound
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
-from babeldesk.web import cancel_on_disconnect, decode_json_body, read_body
+from babeldesk.web import decode_json_body, read_body, until_disconnect
 
 MAX_STOP = 4
 
@@ -217,7 +219,7 @@ def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -
                 stream.cancel()  # also when the client hung up: the slot is freed
             return last
 
-        final = await cancel_on_disconnect(request, drain())
+        final = await until_disconnect(drain(), request.receive)  # its body is read
         assert final is not None and final.usage is not None
         if final.error:
             return JSONResponse({"error": {"type": "generation_failed", "message": final.error}},

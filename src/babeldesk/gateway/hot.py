@@ -9,19 +9,19 @@ same contract is served by one coroutine reached before FastAPI's routing
 same metrics as ``telemetry.http.MetricsMiddleware`` and answers errors with the same
 JSON bodies and status codes as ``web.install_error_handlers`` (the OpenAI passthrough
 of ``gateway/passthrough.py`` uses it too). The handler reads and bounds the body and
-cancels the work when a non-streamed client hangs up (a watcher starts only once a request has run for
-``DISCONNECT_POLL_S``, so a cached answer pays a timer, not a task).
+cancels the work when a non-streamed client hangs up (``web.until_disconnect``: a
+watcher starts only once a request has run for ``DISCONNECT_POLL_S``, so a cached answer
+pays a timer, not a task).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
@@ -29,14 +29,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from babeldesk.errors import BabeldeskError, PayloadTooLarge, Unauthorized
-from babeldesk.web import DISCONNECT_POLL_S, decode_json_body, error_response
+from babeldesk.web import CLIENT_GONE, decode_json_body, error_response, until_disconnect
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SUPPORT_PATH = "/v1/support/messages"
-CLIENT_GONE = 499  # the status counted for a client that hung up before its answer
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -153,43 +151,6 @@ async def read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
-    """Await ``work`` in this task, cancelling it if the client hangs up. The watcher
-    (a task reading ``receive``) is only started if the work is still running after
-    ``DISCONNECT_POLL_S``: answers from the cache finish long before."""
-    loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    assert me is not None
-    gone = False
-    watcher: asyncio.Task[None] | None = None
-
-    async def watch() -> None:
-        nonlocal gone
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                me.cancel()
-                return
-
-    def start() -> None:
-        nonlocal watcher
-        watcher = loop.create_task(watch())
-
-    timer = loop.call_later(DISCONNECT_POLL_S, start)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone:  # our own cancel: the client left; nothing to answer
-            me.uncancel()
-            raise ClientDisconnect from None
-        raise
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
 
 
 def support_endpoint(state: Any, *, parse: Callable[[Any], tuple[Any, bool]],

@@ -9,7 +9,7 @@ and handlers would), re-encoding the JSON body (the client's bytes go upstream a
 came, after one parse that checks them and reads ``stream``), and a ``Response`` object
 for a whole answer (two ASGI messages are sent directly). A client that hangs up stops
 the upstream request, so the worker aborts the generation and frees its slot: while a
-whole answer is awaited, through ``hot.until_disconnect`` (the upstream call is
+whole answer is awaited, through ``web.until_disconnect`` (the upstream call is
 cancelled and its connection closed); a streamed answer goes out through
 ``StreamingResponse``, whose disconnect listener stops the upstream stream. The same
 endpoints are also plain routes (other methods get 405 there; an app without ``hot``
@@ -33,8 +33,8 @@ from starlette.routing import Match, Route
 from babeldesk.errors import InvalidRequest
 from babeldesk.fleet.client import Fleet, UpstreamReply
 from babeldesk.gateway.app import GatewayState
-from babeldesk.gateway.hot import Counted, until_disconnect
-from babeldesk.web import decode_json_body, read_body
+from babeldesk.gateway.hot import Counted
+from babeldesk.web import decode_json_body, read_body, until_disconnect
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]
