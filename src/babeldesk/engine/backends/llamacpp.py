@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from babeldesk.config import EngineConfig, Requantize
-from babeldesk.engine.backends.base import Backend, StepInput, TokenDecoder
+from babeldesk.engine.backends.base import (
+    Backend,
+    DecodeItem,
+    PrefillChunk,
+    StepInput,
+    TokenDecoder,
+)
 from babeldesk.engine.detokenize import ByteTokenDecoder
 from babeldesk.engine.models import ModelSource, SourceKind, cache_dir
 from babeldesk.errors import ModelLoadError, OutOfMemory
@@ -244,12 +250,18 @@ class LlamaCppBackend(Backend):
                 want.append((slot, i))
             i += 1
 
-        for d in batch.decode:
-            put(d.token, d.pos, d.slot, True)
-        for c in batch.prefill:
-            last = len(c.tokens) - 1
-            for j, tok in enumerate(c.tokens):
-                put(tok, c.start_pos + j, c.slot, c.last and j == last)
+        # rows in slot order: with a KV stream per sequence llama.cpp cuts a batch into
+        # ubatches of increasing sequence ids (split_equal), each a pass over the weights;
+        # 15 decodes in admission order ran as several (smollm2 iq4_nl, 1 thread: 77 ms
+        # against 40 ms in slot order; docs/benchmarks.md, Engine, item 2)
+        rows: list[DecodeItem | PrefillChunk] = [*batch.decode, *batch.prefill]
+        for r in sorted(rows, key=lambda r: r.slot):  # a slot is in a step at most once
+            if isinstance(r, DecodeItem):
+                put(r.token, r.pos, r.slot, True)
+                continue
+            last = len(r.tokens) - 1
+            for j, tok in enumerate(r.tokens):
+                put(tok, r.start_pos + j, r.slot, r.last and j == last)
         b.n_tokens = i
         rc = lc.llama_decode(self._ctx, b)
         if rc == 1:
