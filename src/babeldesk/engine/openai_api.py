@@ -185,17 +185,22 @@ class GuardedEngine:
         return self._engine.submit(prompt_ids, request)
 
 
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+OPENAI_PATHS = frozenset({CHAT_PATH, MODELS_PATH})  # what ``openai_router`` serves
+
+
 def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -> APIRouter:
     """``POST /v1/chat/completions`` and ``GET /v1/models`` over an ``Engine``."""
     router = APIRouter()
     model_name = engine.model_name
 
-    @router.get("/v1/models")
+    @router.get(MODELS_PATH)
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": model_name, "object": "model", "created": 0, "owned_by": "babeldesk"}]}
 
-    @router.post("/v1/chat/completions")
+    @router.post(CHAT_PATH)
     async def chat_completions(request: Request) -> Any:
         data = decode_json_body(await read_body(request, max_body_bytes), max_body_bytes)
         body, chat = parse_chat_request(data, served_names)

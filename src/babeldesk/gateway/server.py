@@ -28,7 +28,7 @@ from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel
-from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap
+from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap, unavailable_until_mounted
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -85,12 +85,13 @@ def _logging(config: Config) -> None:
 def run_serve(config: Config) -> int:
     """Gateway + in-process engine in one process."""
     from babeldesk.engine.loader import load_engine
-    from babeldesk.engine.openai_api import GuardedEngine, openai_router
+    from babeldesk.engine.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
 
     _logging(config)
     metrics = Metrics("gateway")
     state = GatewayState(config, metrics)
     app = create_app(state)
+    unavailable_until_mounted(app, OPENAI_PATHS, state.require)
     holder: dict[str, Any] = {}
 
     def load() -> None:

@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse, Response
 
 from babeldesk.config import Config
 from babeldesk.engine.llm_engine import Engine
-from babeldesk.engine.openai_api import GuardedEngine, openai_router
+from babeldesk.engine.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
 from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
-from babeldesk.web import Phase, install_error_handlers
+from babeldesk.web import Phase, install_error_handlers, unavailable_until_mounted
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def create_app(state: WorkerState) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.worker = state
+
+    unavailable_until_mounted(app, OPENAI_PATHS, state.require_engine)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
