@@ -37,46 +37,63 @@ STEPS = 12  # timed decode steps per point
 _QUIET = None  # the ctypes log callback must outlive every llama.cpp call
 
 
-def measure(path: str, threads: int, batch: int, unified: bool, steps: int) -> dict[str, float]:
-    import llama_cpp as lc
+CAP = 512 + 32  # the backend's n_batch: prefill_budget + max_batch_size
+Row = tuple[int, int, int, bool]  # (token, position, sequence id, logits wanted)
 
-    global _QUIET
-    if _QUIET is None:
-        _QUIET = lc.llama_log_callback(lambda level, text, data: None)
-        lc.llama_log_set(_QUIET, ctypes.c_void_p(0))
-        lc.llama_backend_init()
-    model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
-    cp = lc.llama_context_default_params()
-    cp.n_ctx = 512 * 32
-    cp.n_seq_max = 32
-    cp.n_batch = cp.n_ubatch = 512 + 32
-    cp.n_threads = cp.n_threads_batch = threads
-    cp.kv_unified = unified
-    cp.no_perf = True
-    ctx = lc.llama_init_from_model(model, cp)
-    b = lc.llama_batch_init(512 + 32, 0, 1)
-    vocab = lc.llama_model_get_vocab(model)
-    n_vocab = lc.llama_vocab_n_tokens(vocab)
 
-    def decode(rows: list[tuple[int, int, int]]) -> float:  # (token, pos, seq) -> seconds
-        for i, (tok, pos, seq) in enumerate(rows):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, True
+class _Context:
+    """One llama.cpp context shaped as the backend makes it (32 sequences x 512 tokens,
+    n_batch 544) and one llama_batch; ``decode`` times a llama_decode of some rows."""
+
+    def __init__(self, path: str, threads: int, unified: bool, n_ubatch: int = CAP) -> None:
+        import llama_cpp as lc
+
+        global _QUIET
+        if _QUIET is None:
+            _QUIET = lc.llama_log_callback(lambda level, text, data: None)
+            lc.llama_log_set(_QUIET, ctypes.c_void_p(0))
+            lc.llama_backend_init()
+        self.lc = lc
+        self.model = lc.llama_model_load_from_file(path.encode(),
+                                                   lc.llama_model_default_params())
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = 512 * 32
+        cp.n_seq_max = 32
+        cp.n_batch = CAP
+        cp.n_ubatch = n_ubatch
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.kv_unified = unified
+        cp.no_perf = True
+        self.ctx = lc.llama_init_from_model(self.model, cp)
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(CAP, 0, 1)
+
+    def decode(self, rows: list[Row]) -> float:
+        """Seconds of one llama_decode of ``rows``."""
+        b = self.batch
+        for i, (tok, pos, seq, want) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, want
             b.seq_id[i][0] = seq
         b.n_tokens = len(rows)
         t = time.perf_counter()
-        if lc.llama_decode(ctx, b) != 0:
+        if self.lc.llama_decode(self.ctx, b) != 0:
             raise RuntimeError("llama_decode failed")
         return time.perf_counter() - t
 
-    prefill = [decode([(100 + (j % 50), j, s) for j in range(PROMPT_TOKENS)])
+    def close(self) -> None:
+        self.lc.llama_batch_free(self.batch)
+        self.lc.llama_free(self.ctx)
+        self.lc.llama_model_free(self.model)
+
+
+def measure(path: str, threads: int, batch: int, unified: bool, steps: int) -> dict[str, float]:
+    c = _Context(path, threads, unified)
+    prefill = [c.decode([(100 + (j % 50), j, s, True) for j in range(PROMPT_TOKENS)])
                for s in range(batch)]  # one sequence's prompt per call, seconds each
-    times = [decode([(200 + s, PROMPT_TOKENS + k, s) for s in range(batch)])
+    times = [c.decode([(200 + s, PROMPT_TOKENS + k, s, True) for s in range(batch)])
              for k in range(steps)]
-    lc.llama_batch_free(b)
-    lc.llama_free(ctx)
-    lc.llama_model_free(model)
+    c.close()
     med = sorted(times)[len(times) // 2]  # seconds per step, median
-    del n_vocab
     pre = sorted(prefill)[len(prefill) // 2]
     return {"batch": batch, "kv_unified": unified, "ms_per_step": med * 1e3,
             "tokens_per_s": batch / med, "prefill_ms_per_prompt_token": pre * 1e3 / PROMPT_TOKENS}
@@ -86,45 +103,22 @@ def measure_mixed(path: str, threads: int, batch: int, chunks: list[int], unifie
                   n_ubatch: int, steps: int) -> list[dict[str, float]]:
     """ms of: the decode step of batch-1 sequences, a C-token prefill alone, and both in
     one llama_batch (the engine's step when a request joins), medians of ``steps`` each."""
-    import llama_cpp as lc
-
-    model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
-    cap = 512 + 32  # the backend's n_batch: prefill_budget + max_batch_size
-    cp = lc.llama_context_default_params()
-    cp.n_ctx = 512 * 32
-    cp.n_seq_max = 32
-    cp.n_batch = cap
-    cp.n_ubatch = n_ubatch
-    cp.n_threads = cp.n_threads_batch = threads
-    cp.kv_unified = unified
-    cp.no_perf = True
-    ctx = lc.llama_init_from_model(model, cp)
-    mem = lc.llama_get_memory(ctx)
-    b = lc.llama_batch_init(cap, 0, 1)
+    ctx = _Context(path, threads, unified, n_ubatch)
+    decode = ctx.decode
     joiner = batch - 1  # the sequence id that prefills; 0..batch-2 decode
-
-    def decode(rows: list[tuple[int, int, int, bool]]) -> float:  # (tok, pos, seq, logits)
-        for i, (tok, pos, seq, want) in enumerate(rows):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, want
-            b.seq_id[i][0] = seq
-        b.n_tokens = len(rows)
-        t = time.perf_counter()
-        if lc.llama_decode(ctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
-        return time.perf_counter() - t
 
     for s in range(joiner):  # the running sequences' prompts
         decode([(100 + (j % 50), j, s, j == PROMPT_TOKENS - 1) for j in range(PROMPT_TOKENS)])
     pos = PROMPT_TOKENS
 
-    def decodes() -> list[tuple[int, int, int, bool]]:
+    def decodes() -> list[Row]:
         nonlocal pos
         rows = [(200 + s, pos, s, True) for s in range(joiner)]
         pos += 1
         return rows
 
-    def chunk(c: int) -> list[tuple[int, int, int, bool]]:
-        lc.llama_memory_seq_rm(mem, joiner, -1, -1)  # the joiner starts empty each time
+    def chunk(c: int) -> list[Row]:
+        ctx.lc.llama_memory_seq_rm(ctx.mem, joiner, -1, -1)  # the joiner starts empty each time
         return [(300 + (j % 50), j, joiner, j == c - 1) for j in range(c)]
 
     def med(xs: list[float]) -> float:  # seconds -> ms, median
@@ -135,7 +129,7 @@ def measure_mixed(path: str, threads: int, batch: int, chunks: list[int], unifie
     dec = med([decode(decodes()) for _ in range(steps)])
     # the same decodes with rows not in sequence-id order (the scheduler's admission order)
     order = random.Random(1).sample(range(joiner), joiner)
-    def shuffled_decodes() -> list[tuple[int, int, int, bool]]:
+    def shuffled_decodes() -> list[Row]:
         rows = decodes()
         return [rows[s] for s in order]
 
@@ -147,9 +141,7 @@ def measure_mixed(path: str, threads: int, batch: int, chunks: list[int], unifie
                      "decode_ms": dec, "decode_shuffled_ms": shuffled,
                      "prefill_ms": pre, "mixed_ms": mix,
                      "mixed_over_sum": mix / (dec + pre)})
-    lc.llama_batch_free(b)
-    lc.llama_free(ctx)
-    lc.llama_model_free(model)
+    ctx.close()
     return rows
 
 
@@ -228,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the file the backend's --requantize makes")
     ap.add_argument("--mixed", type=int, nargs="*", default=[],
                     help="prefill chunk sizes C for the mixed step (batch-1 decodes + C)")
-    ap.add_argument("--ubatches", type=int, nargs="+", default=[512 + 32],
+    ap.add_argument("--ubatches", type=int, nargs="+", default=[CAP],
                     help="n_ubatch values for the mixed step (the backend's: 544)")
     ap.add_argument("--engine", type=int, default=0, metavar="N",
                     help="time the real engine's steps on N requests from 16 clients instead")
@@ -265,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     mixed: list[dict[str, float]] = []
     if args.mixed:
-        measure(path, args.threads, 1, False, 1)  # sets the quiet log callback, warms the file
+        measure(path, args.threads, 1, False, 1)  # warms the file
         for batch in args.batches:
             for unified in (False, True):
                 for ub in args.ubatches:
