@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from babeldesk.support.embed import EmbedderKind
+from babeldesk.knowledge.embed import EmbedderKind
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import (
     IntentMatcher,

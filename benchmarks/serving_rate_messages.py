@@ -139,7 +139,7 @@ def screen(candidates: Sequence[Skeleton], threads: int = 1,
     Returns (kept, rejected count). Loads the matcher(s) in this process: ~10-60 s each."""
     from dataclasses import replace
 
-    from babeldesk.support.embed import EmbedderKind
+    from babeldesk.knowledge.embed import EmbedderKind
     from babeldesk.support.kb import load_kb
     from babeldesk.support.matcher import IntentMatcher, MatcherConfig
 

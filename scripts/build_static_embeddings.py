@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from scipy.special import erf
 
-from babeldesk.support.e5_onnx import E5Weights
+from babeldesk.knowledge.e5_onnx import E5Weights
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import load_out_of_scope, normalize
-from babeldesk.support.static_embed import (
+from babeldesk.knowledge.static_embed import (
     E5Tokenizer,
     E5Vocab,
     default_table_path,

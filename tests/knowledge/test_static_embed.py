@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from babeldesk.errors import ConfigError
-from babeldesk.support.embed import EmbedderKind, is_inline, make_embedder
+from babeldesk.knowledge.embed import EmbedderKind, is_inline, make_embedder
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig, normalize
-from babeldesk.support.static_embed import (
+from babeldesk.knowledge.static_embed import (
     TABLE_ENV,
     E5Tokenizer,
     StaticEmbedder,

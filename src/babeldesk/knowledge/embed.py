@@ -104,11 +104,11 @@ def make_embedder(kind: EmbedderKind, threads: int = 1,
     if kind is EmbedderKind.E5:
         return E5Embedder(threads)
     if kind is EmbedderKind.E5_ONNX:
-        from babeldesk.support.e5_onnx import OnnxE5Embedder
+        from babeldesk.knowledge.e5_onnx import OnnxE5Embedder
 
         return OnnxE5Embedder(threads, cache_dir=model_cache)
     if kind is EmbedderKind.STATIC:
-        from babeldesk.support.static_embed import StaticEmbedder
+        from babeldesk.knowledge.static_embed import StaticEmbedder
 
         return StaticEmbedder()
     return None
