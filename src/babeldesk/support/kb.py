@@ -50,6 +50,7 @@ from babeldesk.errors import KnowledgeBaseError
 from babeldesk.support.language import SUPPORTED_LANGUAGES
 
 SHOP_FILE = "shop.yaml"
+DOCS_DIR = "docs"  # help-center articles (any language), beside the intent files
 _INTENT_KEYS = {"id", "description", "examples", "answers", "handoff"}
 _INTENT_REQUIRED = ("id", "description", "examples", "answers")
 _SHOP_KEYS = {"name", "version", "persona"}
@@ -152,6 +153,8 @@ def load_kb(path: Path | None = None) -> KnowledgeBase:
     intents: dict[str, Intent] = {}
     for f in files:
         where = f"{label}/{f.name}"
+        if f.is_dir() and f.name == DOCS_DIR:  # help-center articles, loaded by knowledge
+            continue
         if f.is_dir() or not f.name.endswith(".yaml"):
             raise KnowledgeBaseError(where, "", "unexpected entry; the folder holds *.yaml files")
         try:
