@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from babeldesk.errors import InvalidRequest
+from babeldesk.support.kb import load_kb
 from babeldesk.support.language import (
     SUPPORTED_LANGUAGES,
     UNDETERMINED,
@@ -15,10 +16,15 @@ from babeldesk.support.language import (
     LockPolicy,
     LockReason,
     LockState,
+    Prior,
+    accept_language,
+    kb_vocabulary,
+    locale_language,
     normalize_language_code,
     script_language,
     text_weight,
 )
+from babeldesk.support.lexicon import fold, words
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,112 @@ def test_detects_sentences_confidently(detector: LanguageDetector, lang: str, te
     assert found.language == lang
     assert found.confidence >= 0.8
     assert LanguageLock().is_sure(found, text_weight(text))
+
+
+# As customers type: no diacritics, Hindi in Latin letters, chat spellings. fastText alone
+# reads these as Dutch, English, Italian, Polish or Malay.
+INFORMAL = [
+    ("vi", "sao toi chua nhan duoc hang vay"),
+    ("vi", "cho minh hoi don hang nay bao gio giao"),
+    ("vi", "khi nao thi ship den"),  # an English loanword in a short question
+    ("hi", "mera refund kab aayega"),
+    ("hi", "order cancel karna hai mujhe"),
+    ("hi", "abhi tak delivery nahi hui"),
+    ("id", "kak pesanan saya kok belum sampai"),
+    ("id", "gimana caranya ganti alamat"),
+    ("id", "uangnya kapan dikembalikan"),
+    ("cs", "kdy mi prijdou penize zpatky"),
+    ("cs", "chtel bych zmenit adresu"),
+    ("ro", "cand primesc banii inapoi"),
+    ("ro", "comanda nu a ajuns inca"),
+    ("ro", "vreau sa schimb adresa de livrare"),
+]
+
+
+@pytest.mark.parametrize(("lang", "text"), INFORMAL)
+def test_detects_informal_spellings(detector: LanguageDetector, lang: str, text: str) -> None:
+    found = detector.detect(text)
+    assert found.language == lang
+    assert LanguageLock().is_sure(found, text_weight(text))
+    # an English browser does not outweigh the message's own words
+    assert detector.detect(text, Prior(locale="en")).language == lang
+
+
+@pytest.mark.parametrize(
+    ("text", "locales"),
+    [("e quando?", {"pt": "pt", "it": "it"}),  # "and when?" in both
+     ("terima kasih", {"id": "id", "ms": "ms"})],  # "thank you" in both
+)
+def test_locale_decides_a_two_word_ambiguous_message(
+        detector: LanguageDetector, text: str, locales: dict[str, str]) -> None:
+    for locale, expected in locales.items():
+        assert detector.detect(text, Prior(locale=locale)).language == expected, locale
+
+
+def test_a_locale_does_not_override_clear_text(detector: LanguageDetector) -> None:
+    text = "Where is my order? I placed it last Tuesday."
+    assert detector.detect(text, Prior(locale="de")).language == "en"
+    assert detector.detect(text, Prior(session="es")).language == "en"
+
+
+def test_loanword_message_in_a_spanish_session_stays_spanish(detector: LanguageDetector) -> None:
+    lock = LanguageLock()
+    state = LockState()
+    for text in ["Hola, ¿dónde está mi pedido? Lo pedí el lunes.", "y el tracking?",
+                 "el refund cuando?"]:
+        decision = lock.step(state, detector.detect(text, Prior(session=state.locked)),
+                             text_weight(text))
+        state = decision.state
+        assert decision.language == "es", text
+        assert state == LockState(locked="es"), text  # not even a pending switch
+
+
+def test_kb_vocabulary_counts_as_evidence() -> None:
+    # "objednavka stale neprisla" is Czech and Slovak alike without accents; the demo KB
+    # has Czech examples and no Slovak ones
+    text = "objednavka stale neprisla"
+    with_kb = LanguageDetector(vocabulary=kb_vocabulary(load_kb()))
+    assert with_kb.detect(text).language == "cs"
+    vocab = kb_vocabulary(load_kb())
+    assert {"en", "es", "cs", "vi", "hi"} <= set(vocab)
+    assert any("kab" in words(t) for t in vocab["hi"])  # romanized examples count too
+
+
+def test_prior_is_part_of_the_cached_result(detector: LanguageDetector) -> None:
+    assert detector.detect("terima kasih", Prior(locale="ms")).language == "ms"
+    assert detector.detect("terima kasih").language == "id"
+    assert detector.detect("terima kasih", Prior(locale="ms")).language == "ms"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("da, en-GB;q=0.8, en;q=0.7", "da"), ("en;q=0.5, es-MX", "es"),
+     ("fr-CH, fr;q=0.9, de;q=0.7, *;q=0.5", "fr"), ("zh-Hant-TW,zh;q=0.9", "zh"),
+     ("xx-YY, pt-BR;q=0.3", "pt"), ("", None), (None, None), ("*", None),
+     ("klingon, tlh;q=0.9", None), (";;;q=abc", None), ("de;q=0", None), ("en;q=2", None),
+     ("en;level=1", None), ("\xff\xfe garbage ,,, ;;", None), ("en-US," * 200, None)],
+)  # fmt: skip
+def test_accept_language(header: str | None, expected: str | None) -> None:
+    assert accept_language(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("es-MX", "es"), ("pt_BR", "pt"), ("zh-Hant", "zh"), ("EN", "en"), ("klingon", None),
+     ("", None), (None, None), ("e" * 100, None), ("123", None)],
+)  # fmt: skip
+def test_locale_language_never_raises(value: str | None, expected: str | None) -> None:
+    assert locale_language(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("word", "folded"),
+    [("Objednávka", "objednavka"), ("không", "khong"), ("Đơn", "don"), ("SİPARİŞİM", "siparisim"),
+     ("Łódź", "lodz"), ("Straße", "strasse"), ("ΠΑΡΑΓΓΕΛΊΑ", "παραγγελια"), ("ёлка", "елка"),
+     ("मेरा", "मेरा"), ("plain", "plain")],
+)  # fmt: skip
+def test_fold(word: str, folded: str) -> None:
+    assert fold(word) == folded
 
 
 @pytest.mark.parametrize("text", ["123", "👍👍", "???", "  ", "", "😀🎉 !!", "12.50 €"])
