@@ -115,6 +115,7 @@ BAD = [
     ("20 kB message", {"message": "a" * 20_000}, 413, "limit"),
     ("unknown session", {"message": "hi", "session_id": "no-such-session"}, 404, "session"),
     ("invalid language", {"message": "hi", "language": "xx-klingon"}, 400, "language"),
+    ("locale not a string", {"message": "hi", "locale": 5}, 400, "locale"),
     ("binary junk", {"message": "\x00\x01\x02\x03\x04\x05garbage\x06\x07"}, 400, "binary"),
     ("message not a string", {"message": 42}, 400, "string"),
     ("unknown field", {"message": "hi", "colour": "red"}, 400, "colour"),
@@ -128,6 +129,24 @@ def test_bad_input(serve, name: str, body: dict, status: int, word: str) -> None
     err = r.json()["error"]
     assert word in err["message"].lower() and err["type"]
     assert "Traceback" not in r.text
+
+
+def test_locale_and_accept_language_are_hints(serve) -> None:
+    # "and when?" in Portuguese and in Italian alike: the page's language decides
+    pt = post(serve.url, message="e quando?", locale="pt-BR").json()
+    it = post(serve.url, message="e quando?", locale="it-IT").json()
+    assert (pt["language"], it["language"]) == ("pt", "it")
+    url = serve.url + "/v1/support/messages"
+    r = httpx.post(url, json={"message": "terima kasih"}, timeout=120,
+                   headers={"Accept-Language": "ms-MY,ms;q=0.9,en;q=0.8"})
+    assert r.status_code == 200, r.text
+    assert r.json()["language"] == "ms"
+    for header in ("%%%;q=abc", "xx-klingon", "*", "de;q=0"):  # ignored, never an error
+        r = httpx.post(url, json={"message": "¿Dónde está mi pedido? Lo pedí el lunes."},
+                       headers={"Accept-Language": header}, timeout=120)
+        assert r.status_code == 200 and r.json()["language"] == "es", (header, r.text)
+    odd = post(serve.url, message="¿Dónde está mi pedido? Lo pedí el lunes.", locale="??")
+    assert odd.status_code == 200 and odd.json()["language"] == "es"
 
 
 def test_malformed_json_and_invalid_utf8(serve) -> None:

@@ -122,6 +122,20 @@ def test_without_a_model_an_unknown_question_is_handed_off(kb_and_matcher) -> No
     assert reply.intent is None
 
 
+def test_the_locale_hint_decides_a_short_first_message(kb_and_matcher) -> None:
+    kb, matcher = kb_and_matcher
+    p, _ = pipeline(kb, matcher)
+
+    async def run() -> list[str]:
+        replies = [await p.handle(SupportRequest("terima kasih", locale=locale))
+                   for locale in ("ms-MY", None, "id-ID", "not a locale")]
+        return [r.language for r in replies]
+
+    # "thank you" in Malay and Indonesian alike: the page's language decides; without
+    # one (or with one that names nothing) the detector's own best guess stands
+    assert asyncio.run(run()) == ["ms", "id", "id", "id"]
+
+
 def test_lock_encoding_round_trips() -> None:
     for state in (LockState(), LockState("es"), LockState("es", "fr")):
         assert decode_lock(encode_lock(state)) == state

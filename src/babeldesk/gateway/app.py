@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from babeldesk.config import Config
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, support_endpoint
+from babeldesk.support.language import accept_language as language_of_header
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
@@ -58,10 +59,15 @@ class SupportBody(BaseModel):
     message: Any = None
     session_id: str | None = Field(None)
     language: str | None = None
+    # the page's language (navigator.language, e.g. "es-MX"): a hint for the detector; an
+    # unknown or malformed value is ignored, a non-string one is a 400
+    locale: str | None = None
     stream: bool = False
 
 
-def parse_support_body(data: Any) -> tuple[SupportRequest, bool]:
+def parse_support_body(data: Any, accept_language: str = "") -> tuple[SupportRequest, bool]:
+    """The request body -> (request, stream). ``accept_language``: the request's
+    Accept-Language header, the locale hint when the body has no ``locale``."""
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     try:
@@ -75,7 +81,8 @@ def parse_support_body(data: Any) -> tuple[SupportRequest, bool]:
     if body.session_id is not None and not SESSION_ID.match(body.session_id):
         raise InvalidRequest("session_id: 1-128 characters of A-Z a-z 0-9 _ . : -",
                              param="session_id")
-    return SupportRequest(body.message, body.session_id, body.language), body.stream
+    locale = body.locale or language_of_header(accept_language)
+    return SupportRequest(body.message, body.session_id, body.language, locale), body.stream
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

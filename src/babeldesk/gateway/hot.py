@@ -153,15 +153,17 @@ async def read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def support_endpoint(state: Any, *, parse: Callable[[Any], tuple[Any, bool]],
+def support_endpoint(state: Any, *, parse: Callable[[Any, str], tuple[Any, bool]],
                      events: Callable[[AsyncIterator[Any]], AsyncIterator[str]]) -> Counted:
-    """``POST /v1/support/messages``: JSON in, the reply as JSON or as SSE (``stream``)."""
+    """``POST /v1/support/messages``: JSON in, the reply as JSON or as SSE (``stream``).
+    ``parse`` gets the decoded body and the Accept-Language header ("" when absent)."""
     limit = state.config.gateway.max_body_bytes
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         pipeline = state.require()
         raw = await read_limited_body(scope, receive, limit)
-        request, stream = parse(decode_json_body(raw, limit))
+        languages = _header(scope, b"accept-language").decode("latin-1")
+        request, stream = parse(decode_json_body(raw, limit), languages)
         if not stream:
             reply = await until_disconnect(pipeline.handle(request), receive)
             await _send_json(send, 200, _dumps(reply.to_dict()))

@@ -44,6 +44,9 @@ from babeldesk.support.language import (
     LanguageDetector,
     LanguageLock,
     LockState,
+    Prior,
+    kb_vocabulary,
+    locale_language,
     normalize_language_code,
     text_weight,
 )
@@ -79,6 +82,7 @@ class SupportRequest:
     message: str
     session_id: str | None = None
     language: str | None = None  # explicit: wins over detection
+    locale: str | None = None  # the chat page's locale / Accept-Language: a hint, never checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +165,8 @@ class SupportPipeline:
         self.kb, self.matcher, self.sessions, self.cache = kb, matcher, sessions, cache
         self.model, self.config, self.metrics = model, config, metrics
         self.max_message_chars = max_message_chars
-        self.detector = detector or LanguageDetector()
+        # the KB's own words count as evidence for their language
+        self.detector = detector or LanguageDetector(vocabulary=kb_vocabulary(kb))
         self.lock = lock or LanguageLock()
         self.notifier = notifier
         self.redact = redact or (lambda t: t)  # for what leaves the process (webhook)
@@ -189,7 +194,7 @@ class SupportPipeline:
         else:  # stored with its first turns, in the same write (``_record``)
             session_id = new_session_id()
             transcript = Transcript(session_id, time.time(), ())
-        lang, lock = self._language(transcript, text, explicit)
+        lang, lock = self._language(transcript, text, explicit, request.locale)
         first_message = not transcript.turns
 
         outcome: _Outcome | None = None
@@ -226,12 +231,14 @@ class SupportPipeline:
 
     # --- steps ---------------------------------------------------------------------------
 
-    def _language(self, transcript: Transcript, text: str,
-                  explicit: str | None) -> tuple[str, str | None | Keep]:
+    def _language(self, transcript: Transcript, text: str, explicit: str | None,
+                  locale: str | None = None) -> tuple[str, str | None | Keep]:
         """The reply language, and the session's new lock value (KEEP: unchanged), which
-        ``_record`` stores with the turns."""
+        ``_record`` stores with the turns. The chat page's locale and the session's locked
+        language are priors of the detector: they decide short, ambiguous messages."""
         state = decode_lock(transcript.language)
-        detection: Detection = self.detector.detect(text)
+        prior = Prior(locale=locale_language(locale), session=state.locked)
+        detection: Detection = self.detector.detect(text, prior)
         decision = self.lock.step(state, detection, text_weight(text), explicit)
         return decision.language, (KEEP if decision.state == state
                                    else encode_lock(decision.state))
