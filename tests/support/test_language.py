@@ -212,6 +212,7 @@ def test_detection_is_a_code_and_a_probability(detector: LanguageDetector) -> No
         ("hello", None),
         ("123", None),
         ("order 我的订单在哪里", "zh"),  # Han dominates by weight
+        ("ยกเลิกสมาชิก Pinecone Plus ยังไง", "th"),  # Thai vowel signs count; a brand does not win
         ("PayPal order refund 退款", None),  # no script dominates
     ],
 )

@@ -155,7 +155,7 @@ def text_weight(text: str) -> int:
 
 # Scripts that name their language; the key is the start of the Unicode character name.
 _SCRIPT_LANGUAGE = {"HANGUL": "ko", "THAI": "th", "HEBREW": "he", "GREEK": "el"}
-_SCRIPT_SHARE = 0.6  # share of a message's weight a script needs to decide its language
+_SCRIPT_SHARE = 0.5  # share of a message's weight a script needs to decide its language
 
 
 def script_language(text: str) -> tuple[str, float] | None:
@@ -165,8 +165,12 @@ def script_language(text: str) -> tuple[str, float] | None:
     Greek -> th, he, el."""
     weights: dict[str, int] = {}
     total = 0
+    key = ""
     for ch in text:
         if not ch.isalpha():
+            if key and unicodedata.category(ch) in ("Mn", "Mc"):  # Thai vowels, Hebrew points
+                weights[key] += 1
+                total += 1
             continue
         name = unicodedata.name(ch, "")
         if name.startswith(("HIRAGANA", "KATAKANA")):
