@@ -97,6 +97,16 @@ class E5Embedder:
             out[start : start + len(chunk)] = self._model.query(chunk)
         return out
 
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Documents to search (help-center chunks), with e5's ``passage:`` prefix: e5
+        was trained on query -> passage pairs, so a question finds an article's section
+        better than with ``query:`` on both sides (benchmarks/retrieval_eval.py)."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), _BATCH):
+            chunk = list(texts[start : start + _BATCH])
+            out[start : start + len(chunk)] = self._model.passage(chunk)
+        return out
+
 
 def make_embedder(kind: EmbedderKind, threads: int = 1,
                   model_cache: Path | None = None) -> Embedder | None:

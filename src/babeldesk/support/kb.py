@@ -140,6 +140,11 @@ def bundled_kb_dir() -> Traversable:
     return resources.files("babeldesk").joinpath("data", "kb")
 
 
+def docs_dir(path: Path | None = None) -> Path:
+    """The help-center folder of a knowledge base (None: the demo shop's)."""
+    return (Path(str(bundled_kb_dir())) if path is None else Path(path)) / DOCS_DIR
+
+
 def load_kb(path: Path | None = None) -> KnowledgeBase:
     """Load and validate a knowledge-base folder; None loads the bundled demo shop.
     Raises ``KnowledgeBaseError`` (a ``ConfigError``) naming the file and field."""
