@@ -103,6 +103,33 @@ def test_detects_informal_spellings(detector: LanguageDetector, lang: str, text:
     assert detector.detect(text, Prior(locale="en")).language == lang
 
 
+# Arabic, Persian, Greek and Russian typed in Latin letters (Arabizi's digits are letters)
+ROMANIZED = [
+    ("fa", "salam, pulam kei bargardunde mishe?"),
+    ("ar", "ana 3ayez a3raf el talab fein"),
+    ("el", "kalimera, thelw na epistrepsw to paketo"),
+    ("ru", "zdravstvuyte, kogda pridet moy zakaz?"),
+]
+
+
+@pytest.mark.parametrize(("lang", "text"), ROMANIZED)
+def test_detects_romanized_text(detector: LanguageDetector, lang: str, text: str) -> None:
+    assert detector.detect(text).language == lang
+    assert detector.detect(text, Prior(locale=lang)).language == lang
+    assert detector.detect(text, Prior(session=lang)).language == lang
+
+
+def test_a_non_latin_locale_does_not_claim_english_text(detector: LanguageDetector) -> None:
+    text = "Where is my order? I placed it last Tuesday."
+    for locale in ("fa", "ar", "el", "ru", "hi"):
+        assert detector.detect(text, Prior(locale=locale, session=locale)).language == "en"
+
+
+def test_words_keep_digits_inside_words() -> None:
+    assert words("3andi moshkela, PM-12345678 costs 12.50€ x2") == [
+        "3andi", "moshkela", "pm", "costs", "x2"]
+
+
 @pytest.mark.parametrize(
     ("text", "locales"),
     [("e quando?", {"pt": "pt", "it": "it"}),  # "and when?" in both

@@ -268,7 +268,7 @@ class LanguageDetector:
         for item in found:
             code = _ALIASES.get(str(item["lang"]), str(item["lang"]))
             probs[code] = probs.get(code, 0.0) + float(item["score"])
-        base, extra = self._words.scores(words(text[: self._max_chars]))
+        base, extra, own = self._words.scores(words(text[: self._max_chars]))
         listed = self._words.languages
         floor = w.missing_probability
         log_p = {c: math.log(p) for c, p in probs.items() if p > floor}
@@ -282,10 +282,17 @@ class LanguageDetector:
             if c not in scores and c in SUPPORTED_LANGUAGES and (
                     c in listed or probs[c] >= w.unlisted_minimum):
                 scores[c] = w.fasttext * lp + (word_base if c in listed else 0.0)
+        latin = _mostly_latin(text)
         for c, bonus in ((prior.locale, w.locale), (prior.session, w.session)):
             if c is not None and c in SUPPORTED_LANGUAGES:
                 if c not in scores:
                     scores[c] = w.fasttext * log_missing + (word_base if c in listed else 0.0)
+                if latin and c in NON_LATIN_LANGUAGES:
+                    # Arabic, Persian, Greek, Russian, Hindi... typed in Latin letters: only
+                    # the words its list has count (its romanized lexicon); the Latin words
+                    # its list lacks are no evidence against it
+                    word_part = word_base + w.words * extra.get(c, 0.0) if c in listed else 0.0
+                    scores[c] += w.words * own.get(c, 0.0) - word_part
                 scores[c] += bonus
         rest = len(listed) - sum(1 for c in scores if c in listed)
         # the listed languages that are no candidate share one score (never the best)
@@ -315,6 +322,28 @@ class LanguageDetector:
 
 
 _NO_PRIOR = Prior()
+
+# Languages written in another script than Latin, whose speakers often type them in
+# Latin letters (Serbian, written in both, is not one).
+NON_LATIN_LANGUAGES = frozenset([
+    "am", "ar", "be", "bg", "bn", "el", "fa", "gu", "he", "hi", "hy", "ja", "ka", "kk", "km",
+    "kn", "ko", "mk", "ml", "mn", "mr", "my", "ne", "pa", "ps", "ru", "si", "ta", "te", "th",
+    "uk", "ur", "zh",
+])  # fmt: skip
+
+
+def _mostly_latin(text: str) -> bool:
+    """Whether most of the message's letters are Latin (ASCII letters count as Latin)."""
+    if text.isascii():
+        return True
+    latin = other = 0
+    for ch in text:
+        if ch.isalpha():
+            if ch.isascii() or unicodedata.name(ch, "").startswith("LATIN"):
+                latin += 1
+            else:
+                other += 1
+    return latin > other
 
 
 class _IntentTexts(Protocol):

@@ -56,7 +56,7 @@ VOCABULARY_FREQUENCY = 1e-4  # a word of the shop's KB in that language
 FLOOR = 1e-7  # the frequency of a word a language's list lacks
 NEGATIVE_CAP = 8.0  # nats: the most one word can count against a language
 POSITIVE_CAP = 3.0  # nats: the most one word can count for a language (its share is what counts)
-_FORMAT = 1  # bump when the table layout or its build rules change
+_FORMAT = 2  # bump when the table layout or its build rules change
 
 # wordfreq's labels -> supported codes; "sh" (Serbo-Croatian) only lends its list.
 _WORDFREQ_CODES = {"fil": "tl", "nb": "no"}
@@ -66,7 +66,9 @@ _WORDFREQ_CODES = {"fil": "tl", "nb": "no"}
 PROXY = {"af": "nl", "gl": "pt", "az": "tr", "uz": "tr", "be": "uk", "mr": "hi", "ne": "hi",
          "et": "fi", "hr": "sh", "sr": "sh", "bs": "sh"}  # fmt: skip
 
-_WORD = re.compile(r"[^\W\d_]+")
+# a word: letters, with digits inside it kept (Arabizi "3andi", "sa3dni"); digits alone
+# (an order number, a price) are no word
+_WORD = re.compile(r"[^\W_]*[^\W\d_][^\W_]*")
 _SPECIAL = str.maketrans({"đ": "d", "ł": "l", "ı": "i", "ø": "o", "ß": "ss", "æ": "ae",
                           "œ": "oe", "ð": "d", "þ": "th"})  # fmt: skip
 _FOLDED_SCRIPTS_END = 0x0530  # Latin, Greek and Cyrillic lose their accents; others keep marks
@@ -87,7 +89,8 @@ def fold(word: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """The folded words of ``text`` (runs of letters; digits and punctuation split them)."""
+    """The folded words of ``text`` (runs of letters and digits with at least one letter;
+    punctuation and spaces split them)."""
     return [fold(w) for w in _WORD.findall(text)]
 
 
@@ -171,18 +174,22 @@ class WordEvidence:
         self._n = len(self.languages)
         self._word = functools.lru_cache(maxsize=cache_size)(self._evidence)
 
-    def scores(self, tokens: list[str]) -> tuple[float, dict[str, float]]:
-        """The summed evidence of the tokens as ``(base, extra)``: a language with a list
-        scores ``base + extra.get(lang, 0)`` (``extra`` holds the languages that list
-        some token); a language without a list scores 0 (no evidence either way)."""
+    def scores(self, tokens: list[str]) -> tuple[float, dict[str, float], dict[str, float]]:
+        """The summed evidence of the tokens as ``(base, extra, listed)``: a language with
+        a list scores ``base + extra.get(lang, 0)`` (``extra`` holds the languages that
+        list some token); a language without a list scores 0 (no evidence either way).
+        ``listed[lang]``: the evidence of only the tokens ``lang`` lists (a romanized
+        message is no evidence against Persian for the Latin words Persian's list lacks)."""
         total_base = 0.0
         extra: dict[str, float] = {}
+        listed: dict[str, float] = {}
         for token in tokens:
             base, deltas = self._word(token)
             total_base += base
             for lang, delta in deltas:
                 extra[lang] = extra.get(lang, 0.0) + delta
-        return total_base, extra
+                listed[lang] = listed.get(lang, 0.0) + delta + base
+        return total_base, extra, listed
 
     def _evidence(self, token: str) -> tuple[float, tuple[tuple[str, float], ...]]:
         """One word: (evidence for the languages without it, ((language, its evidence
