@@ -259,9 +259,24 @@ class SupportConfig:
     handoff_webhook: str = ""  # POSTed a JSON event on handoff; "" = none
     webhook_attempts: int = 4  # tries per handoff event (backoff 0.5 s, 1 s, 2 s ...)
     webhook_timeout_s: float = 5.0
+    # help-center articles (<kb>/docs/): when no intent is sure, the model answers from the
+    # retrieved passages, or the conversation is handed off (knowledge/retrieve.py)
+    docs: bool = True
+    # cosine of the best passage below which nothing is relevant; None: the value
+    # calibrated on the tuning questions (knowledge.retrieve.RetrievalConfig)
+    docs_threshold: float | None = None
+    docs_passages: int = 3  # passages in the prompt
+    docs_max_file_mb: float = 5.0  # larger articles are refused at load
+    docs_strict: bool = False  # a refused article fails start-up instead of being skipped
+    docs_cache_dir: str = ""  # document vectors; "" = ~/.cache/babeldesk/documents
 
     def __post_init__(self) -> None:
         _check("support.history_tokens", self.history_tokens >= 0, "must be >= 0")
+        _check("support.docs_passages", self.docs_passages >= 1, "must be >= 1")
+        _check("support.docs_max_file_mb", self.docs_max_file_mb > 0, "must be > 0")
+        _check("support.docs_threshold",
+               self.docs_threshold is None or -1.0 <= self.docs_threshold <= 1.0,
+               "must be a cosine in [-1, 1]")
         _check("support.reply_max_tokens", self.reply_max_tokens >= 1, "must be >= 1")
         _check("support.temperature", 0.0 <= self.temperature <= 2.0, "must be in [0, 2]")
         _check("support.repeat_handoff", self.repeat_handoff >= 1, "must be >= 1")

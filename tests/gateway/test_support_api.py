@@ -198,3 +198,21 @@ def test_session_language_switches_only_on_a_clear_switch(serve) -> None:
     one = post(serve.url, message="Et combien coûte la livraison express ?", session_id=sid).json()
     two = post(serve.url, message="Et est-ce que je peux payer avec PayPal ?", session_id=sid).json()
     assert one["language"] in ("de", "fr") and two["language"] == "fr"
+
+
+GIFT_CARDS = "https://help.pinecone-market.example/gift-cards"
+
+
+def test_a_help_center_question_is_answered_with_its_sources(serve) -> None:
+    # no intent covers gift cards: the demo help center's article does
+    body = post(serve.url, message="How long is a gift card valid?").json()
+    assert body["source"] == "document" and body["intent"] is None, body
+    assert body["reply"] and body["handoff"] is None
+    assert body["sources"][0]["url"] == GIFT_CARDS
+    assert body["sources"][0]["title"].startswith("Gift cards")
+    kb = post(serve.url, message="Hola, ¿cuándo me devuelven el dinero de mi devolución?").json()
+    assert kb["sources"] == []  # every reply carries the field
+    uncovered = post(serve.url, message="Can I rent a bicycle from you for a weekend trip?").json()
+    assert uncovered["source"] == "handoff" and uncovered["sources"] == []
+    metrics = httpx.get(serve.url + "/metrics").text
+    assert "babeldesk_retrieval_duration_seconds_count" in metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.knowledge.embed import EmbedderKind
+from babeldesk.knowledge.retrieve import RetrievalConfig, Retriever, open_help_center
 from babeldesk.support.handoff import WebhookNotifier
-from babeldesk.support.kb import load_kb
+from babeldesk.support.kb import docs_dir, load_kb
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
@@ -50,7 +52,37 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
         kb=kb, matcher=matcher, sessions=open_session_store(store),
         cache=open_answer_cache(store), model=model, config=sup, metrics=metrics,
         max_message_chars=config.gateway.max_message_chars, notifier=notifier,
-        redact=redactor.redact if redactor else None)
+        redact=redactor.redact if redactor else None,
+        documents=load_help_center(config) if sup.docs else None)
+
+
+def load_help_center(config: Config) -> Retriever:
+    """The KB's docs/ folder, indexed (vectors from the cache where chunks are unchanged);
+    progress and what was cached vs embedded go to the log. A refused article is logged
+    and skipped (``support.docs_strict``: start-up fails instead)."""
+    sup = config.support
+    folder = docs_dir(Path(sup.kb) if sup.kb else None)
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or time.monotonic() - last[0] >= 2.0:
+            last[0] = time.monotonic()
+            log.info("help center: embedding changed chunks %d/%d (%d%%)", done, total,
+                     100 * done // max(total, 1))
+
+    retrieval = RetrievalConfig(passages=sup.docs_passages)
+    if sup.docs_threshold is not None:
+        retrieval = replace(retrieval, threshold=sup.docs_threshold)
+    retriever, docs = open_help_center(
+        folder, retrieval=retrieval, threads=sup.matcher_threads, strict=sup.docs_strict,
+        store_dir=Path(sup.docs_cache_dir) if sup.docs_cache_dir else None,
+        max_file_bytes=int(sup.docs_max_file_mb * 1024 * 1024), progress=progress)
+    for problem in docs.refused:
+        log.error("help center: refused %s", problem.message)
+    stats = retriever.index.stats
+    log.info("help center: %d articles (%d refused); %s", len(docs.documents),
+             len(docs.refused), stats.describe())
+    return retriever
 
 
 def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any = None) -> int:

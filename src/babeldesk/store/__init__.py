@@ -19,7 +19,13 @@ from babeldesk.store.base import (
     Turn,
     scheme_of,
 )
-from babeldesk.store.keys import kb_answer_key, model_answer_key, new_session_id, normalise_text
+from babeldesk.store.keys import (
+    document_answer_key,
+    kb_answer_key,
+    model_answer_key,
+    new_session_id,
+    normalise_text,
+)
 from babeldesk.store.redact import Redactor
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "SessionStore",
     "Transcript",
     "Turn",
+    "document_answer_key",
     "kb_answer_key",
     "model_answer_key",
     "new_session_id",
@@ -44,7 +51,8 @@ __all__ = [
 
 
 def _ttls(config: StoreConfig) -> dict[CacheKind, float]:
-    return {CacheKind.KB: config.cache_kb_ttl_s, CacheKind.MODEL: config.cache_model_ttl_s}
+    return {CacheKind.KB: config.cache_kb_ttl_s, CacheKind.MODEL: config.cache_model_ttl_s,
+            CacheKind.DOCUMENT: config.cache_model_ttl_s}
 
 
 def open_answer_cache(config: StoreConfig) -> AnswerCache:

@@ -52,6 +52,9 @@ class CacheKind(str, enum.Enum):
 
     KB = "kb"  # knowledge-base answer per (intent, language, KB version)
     MODEL = "model"  # model answer per (language, normalised text, KB version)
+    # model answer from help-center passages per (language, normalised text, shop prompt,
+    # the passages' chunk hashes): editing an article section invalidates exactly these
+    DOCUMENT = "document"
 
 
 class LookupResult(str, enum.Enum):

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 import unicodedata
+from collections.abc import Sequence
 
 from babeldesk.errors import InvalidRequest
 from babeldesk.store.base import CacheKey, CacheKind
@@ -96,3 +97,18 @@ def model_answer_key(language: str, text: str, kb_version: str) -> CacheKey:
     digest = hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:_HASH_HEX]
     key = ":".join(("model", _part(kb_version, "kb_version"), _part(language, "language"), digest))
     return CacheKey(CacheKind.MODEL, key)
+
+
+def document_answer_key(language: str, text: str, prompt_version: str,
+                        chunk_hashes: Sequence[str]) -> CacheKey:
+    """A model answer grounded in help-center passages. ``chunk_hashes``: the passages
+    the prompt quoted (``knowledge.documents.Chunk.hash``), so editing one article
+    section invalidates exactly the answers built on it; ``prompt_version``: whatever
+    else the prompt holds (the shop's name and persona). First messages only, as
+    ``model_answer_key``."""
+    digest = hashlib.sha256(normalise_text(text).encode("utf-8"))
+    for h in sorted(chunk_hashes):
+        digest.update(b"\x00" + h.encode("ascii"))
+    key = ":".join(("doc", _part(prompt_version, "prompt_version"), _part(language, "language"),
+                    digest.hexdigest()[:_HASH_HEX]))
+    return CacheKey(CacheKind.DOCUMENT, key)

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import json
 import logging
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from babeldesk.config import SupportConfig
 from babeldesk.errors import BabeldeskError, GenerationFailed, InvalidRequest, PayloadTooLarge
+from babeldesk.knowledge.retrieve import Retrieval, Retriever
 from babeldesk.store import (
     KEEP,
     AnswerCache,
@@ -32,6 +34,7 @@ from babeldesk.store import (
     SessionStore,
     Transcript,
     Turn,
+    document_answer_key,
     kb_answer_key,
     model_answer_key,
     new_session_id,
@@ -54,7 +57,10 @@ from babeldesk.support.matcher import IntentMatcher, Match, llm_verifier
 from babeldesk.support.prompt import (
     NO_ANSWER,
     Fact,
+    Passage,
     answer_prompt,
+    document_prompt,
+    document_rules,
     leaks_system_prompt,
     system_prompt,
     translation_prompt,
@@ -74,6 +80,7 @@ class Source(str, enum.Enum):
     KNOWLEDGE_BASE = "knowledge_base"
     CACHE = "cache"
     MODEL = "model"
+    DOCUMENT = "document"  # the model, from help-center passages (reply.sources)
     HANDOFF = "handoff"
 
 
@@ -96,6 +103,8 @@ class SupportReply:
     handoff: dict[str, str] | None
     latency_ms: float
     translated: bool = False  # the KB answer was translated into `language` by the model
+    # the help-center passages a document answer was grounded in: ({title, url}, ...)
+    sources: tuple[dict[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         # not dataclasses.asdict: that deep-copies every value recursively and was ~5% of
@@ -103,6 +112,7 @@ class SupportReply:
         out = {name: getattr(self, name) for name in _REPLY_FIELDS}
         if self.handoff is not None:
             out["handoff"] = dict(self.handoff)
+        out["sources"] = [dict(s) for s in self.sources]
         return out
 
 
@@ -139,18 +149,25 @@ def decode_lock(value: str | None) -> LockState:
     return LockState(locked=locked, pending=pending or None)
 
 
-def _cached_value(reply: str, intent: str | None, confidence: float, translated: bool) -> str:
-    return json.dumps({"reply": reply, "intent": intent, "confidence": round(confidence, 4),
-                       "translated": translated}, ensure_ascii=False)
+def _cached_value(reply: str, intent: str | None, confidence: float, translated: bool,
+                  sources: tuple[dict[str, str], ...] = ()) -> str:
+    data: dict[str, object] = {"reply": reply, "intent": intent,
+                               "confidence": round(confidence, 4), "translated": translated}
+    if sources:
+        data["sources"] = list(sources)
+    return json.dumps(data, ensure_ascii=False)
 
 
 @functools.lru_cache(maxsize=1024)  # the same cached answers come back again and again
 def _cached_outcome(value: str) -> _Outcome | None:
     try:
         data = json.loads(value)
+        sources = tuple({"title": str(s["title"]), "url": str(s["url"])}
+                        for s in data.get("sources", ()))
         return _Outcome(str(data["reply"]), Source.CACHE, data.get("intent"),
                         float(data.get("confidence", 0.0)), None,
-                        translated=bool(data.get("translated")), cacheable=False)
+                        translated=bool(data.get("translated")), cacheable=False,
+                        sources=sources)
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -161,7 +178,8 @@ class SupportPipeline:
                  metrics: Metrics, max_message_chars: int = 4000,
                  detector: LanguageDetector | None = None, lock: LanguageLock | None = None,
                  notifier: WebhookNotifier | None = None,
-                 redact: Callable[[str], str] | None = None) -> None:
+                 redact: Callable[[str], str] | None = None,
+                 documents: Retriever | None = None) -> None:
         self.kb, self.matcher, self.sessions, self.cache = kb, matcher, sessions, cache
         self.model, self.config, self.metrics = model, config, metrics
         self.max_message_chars = max_message_chars
@@ -170,6 +188,11 @@ class SupportPipeline:
         self.lock = lock or LanguageLock()
         self.notifier = notifier
         self.redact = redact or (lambda t: t)  # for what leaves the process (webhook)
+        # the help center; None or empty: unsure matches go to the intent-grounded prompt
+        self.documents = documents if documents is not None and len(documents) else None
+        shop = kb.shop  # what a document prompt holds besides the passages
+        self._prompt_version = hashlib.sha256(
+            f"{shop.name}\x00{shop.persona}".encode()).hexdigest()[:12]
         self._verifier = llm_verifier(model) if model is not None and config.verifier else None
         # labelled metric children, resolved once per label set (labels() takes a lock)
         self._lookups = functools.lru_cache(maxsize=64)(metrics.cache_lookups_total.labels)
@@ -205,7 +228,8 @@ class SupportPipeline:
             match = await self.matcher.amatch(text, self._verifier)
             outcome = await self._decide(session_id, transcript, text, lang, match)
             if outcome is None:  # the model path streams
-                async for item in self._model_answer(transcript, text, lang, match, live):
+                async for item in self._answer(transcript, text, lang, match, live,
+                                               first_message):
                     if isinstance(item, str):
                         yield item
                     else:
@@ -225,7 +249,7 @@ class SupportPipeline:
             confidence=round(outcome.confidence, 4),
             handoff={"reason": outcome.handoff.value} if outcome.handoff else None,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            translated=outcome.translated)
+            translated=outcome.translated, sources=outcome.sources)
         await self._record(session_id, text, reply, new=new, lock=lock)
         yield reply
 
@@ -306,8 +330,44 @@ class SupportPipeline:
             parts.append(delta.text)
         return "".join(parts).strip()
 
+    async def _answer(self, transcript: Transcript, text: str, lang: str, match: Match,
+                      live: bool, first_message: bool) -> AsyncIterator[str | _Outcome]:
+        """No sure intent: with a help center, an answer from its passages, or a handoff
+        when no passage is relevant (never an answer the shop's texts do not ground);
+        without one, the model answers from the best intents' answers."""
+        if self.documents is None:
+            async for item in self._model_answer(transcript, text, lang, match, live):
+                yield item
+            return
+        retrieval = await self.documents.aretrieve(text)
+        self.metrics.retrieval_duration_seconds.observe(retrieval.seconds)
+        if not retrieval.relevant or self.model is None:
+            yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
+            return
+        key = (document_answer_key(lang, text, self._prompt_version, retrieval.chunk_hashes)
+               if first_message else None)
+        if key is not None:
+            cached = await self._from_cache(key)
+            if cached is not None:
+                yield cached.reply
+                yield cached
+                return
+        outcome: _Outcome | None = None
+        async for item in self._model_answer(transcript, text, lang, match, live, retrieval):
+            if isinstance(item, str):
+                yield item
+            else:
+                outcome = item
+        assert outcome is not None
+        if key is not None and outcome.source is Source.DOCUMENT and outcome.cacheable:
+            await self._cache_set(key, _cached_value(outcome.reply, None, outcome.confidence,
+                                                     False, outcome.sources))
+        # never under the message's text key: that one outlives an edit of the article
+        yield replace(outcome, cacheable=False)
+
     async def _model_answer(self, transcript: Transcript, text: str, lang: str,
-                            match: Match, live: bool = True) -> AsyncIterator[str | _Outcome]:
+                            match: Match, live: bool = True,
+                            retrieval: Retrieval | None = None) -> AsyncIterator[str | _Outcome]:
         """Grounded answer from the model, streamed. NO_ANSWER, a failing model or a reply
         that leaks the instructions end as a handoff / a safe reply instead. A model stream
         that fails before any of its text was shown is tried once more (the fleet routes the
@@ -321,8 +381,13 @@ class SupportPipeline:
         history = [ChatMessage("user" if t.role == "user" else "assistant", t.text)
                    for t in transcript.turns if t.role in ("user", "assistant")]
         shop = self.kb.shop
-        messages = answer_prompt(shop.persona, shop.name, lang, facts, history, text,
-                                 self.config.history_tokens)
+        if retrieval is None:
+            messages = answer_prompt(shop.persona, shop.name, lang, facts, history, text,
+                                     self.config.history_tokens)
+        else:  # grounded in the help center's passages instead of the intents
+            passages = [Passage(h.chunk.heading, h.chunk.text) for h in retrieval.hits]
+            messages = document_prompt(shop.persona, shop.name, lang, passages, history, text,
+                                       self.config.history_tokens)
         params = SamplingParams(max_tokens=self.config.reply_max_tokens,
                                 temperature=self.config.temperature)
         request = ChatRequest(messages, params, session_id=transcript.session_id)
@@ -359,11 +424,16 @@ class SupportPipeline:
         if not reply or NO_ANSWER in reply:
             yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
             return
-        system = system_prompt(shop.persona, shop.name, lang, facts)
+        system = (system_prompt(shop.persona, shop.name, lang, facts) if retrieval is None
+                  else document_rules(shop.name, lang))  # quoting a passage is no leak
         if leaks_system_prompt(reply, system):
             log.warning("model reply repeated its instructions; replaced")
             safe = self.kb.answer(HUMAN_INTENT, lang) or self.kb.answer(HUMAN_INTENT, "en") or ""
             yield _Outcome(safe, Source.MODEL, None, match.confidence, None, cacheable=False)
+            return
+        if retrieval is not None:
+            yield _Outcome(reply, Source.DOCUMENT, None, match.confidence, None,
+                           sources=tuple(retrieval.sources()))
             return
         yield _Outcome(reply, Source.MODEL, None, match.confidence, None)
 
@@ -409,3 +479,4 @@ class _Outcome:
     handoff: HandoffReason | None
     translated: bool = False
     cacheable: bool = True  # may be stored under the message's text key
+    sources: tuple[dict[str, str], ...] = ()  # document answers: the passages' {title, url}

@@ -88,6 +88,10 @@ class Metrics:
             ["reason"], registry=r)
         self.cache_lookups_total = Counter(
             p + "cache_lookups_total", "Answer cache lookups", ["kind", "result"], registry=r)
+        self.retrieval_duration_seconds = Histogram(
+            p + "retrieval_duration_seconds", "Help-center retrieval per message (query "
+            "embedding, BM25, fusion)", buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5),
+            registry=r)
         # fleet
         self.upstream_requests_total = Counter(
             p + "upstream_requests_total", "Upstream calls by outcome",

@@ -1,0 +1,125 @@
+"""Answers from the help center, end to end: the real demo articles, the real e5 index,
+the real matcher and the bundled multilingual model (qwen2.5-0.5b, short answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from babeldesk.config import EngineConfig, StoreConfig, SupportConfig
+from babeldesk.engine.loader import load_engine
+from babeldesk.knowledge.retrieve import Retriever, default_store_dir, open_help_center, store_path
+from babeldesk.store import open_answer_cache, open_session_store
+from babeldesk.support.kb import docs_dir, load_kb
+from babeldesk.support.language import LanguageDetector
+from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
+from babeldesk.telemetry.metrics import Metrics
+
+pytestmark = pytest.mark.slow
+
+GIFT_URL = "https://help.pinecone-market.example/gift-cards"
+GIFT_QUESTION = "¿Cuánto tiempo es válida una tarjeta regalo?"  # only the article says
+SIZE_QUESTION = "What size duvet do I need for a double bed?"
+UNCOVERED = "Can I rent a bicycle from you for a weekend trip?"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = load_engine(EngineConfig(model="qwen2.5-0.5b", threads=1, max_batch_size=2,
+                                 max_model_len=2048))
+    e.start()
+    yield e
+    e.shutdown()
+
+
+@pytest.fixture(scope="module")
+def kb_and_matcher():
+    kb = load_kb()
+    return kb, IntentMatcher.from_kb(kb, MatcherConfig(threads=1))
+
+
+@pytest.fixture(scope="module")
+def help_center(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the demo help center (to edit), with its vector store seeded from the
+    bundled one's (content-addressed: the copy's unchanged chunks are not re-embedded)."""
+    folder = tmp_path_factory.mktemp("kb") / "docs"
+    shutil.copytree(docs_dir(), folder)
+    store = tmp_path_factory.mktemp("store")
+    bundled, _ = open_help_center(docs_dir())  # the default store, shared with `serve`
+    embedder = bundled.index.embedder
+    seed = store_path(store, embedder, folder)
+    seed.parent.mkdir(parents=True)
+    shutil.copy(store_path(default_store_dir(), embedder, docs_dir()), seed)
+    return folder, store
+
+
+def pipeline(kb_and_matcher, engine, retriever: Retriever, cache=None) -> SupportPipeline:
+    kb, matcher = kb_and_matcher
+    store = StoreConfig(cache_url="memory://", sessions_url="memory://")
+    return SupportPipeline(kb=kb, matcher=matcher, sessions=open_session_store(store),
+                           cache=cache if cache is not None else open_answer_cache(store),
+                           model=engine,
+                           config=SupportConfig(verifier=False, reply_max_tokens=48),
+                           metrics=Metrics("test"), documents=retriever)
+
+
+def ask(p: SupportPipeline, text: str) -> SupportReply:
+    return asyncio.run(p.handle(SupportRequest(text)))
+
+
+def test_a_spanish_question_is_answered_in_spanish_from_the_english_article(
+        kb_and_matcher, engine, help_center) -> None:
+    folder, store = help_center
+    retriever, docs = open_help_center(folder, store_dir=store)
+    assert retriever.index.stats.embedded == 0 and not docs.refused
+    reply = ask(pipeline(kb_and_matcher, engine, retriever), GIFT_QUESTION)
+    assert reply.source == "document" and reply.language == "es" and reply.intent is None
+    assert reply.sources and reply.sources[0]["url"] == GIFT_URL
+    assert reply.sources[0]["title"].startswith("Gift cards")
+    assert "3" in reply.reply  # the article's fact: valid for 3 years
+    assert LanguageDetector().detect(reply.reply).language == "es", reply.reply
+    assert reply.to_dict()["sources"] == [dict(s) for s in reply.sources]
+
+
+def test_a_question_no_article_covers_is_handed_off(kb_and_matcher, engine,
+                                                    help_center) -> None:
+    folder, store = help_center
+    retriever, _ = open_help_center(folder, store_dir=store)
+    assert not retriever.retrieve(UNCOVERED).relevant
+    reply = ask(pipeline(kb_and_matcher, engine, retriever), UNCOVERED)
+    assert reply.source == "handoff" and reply.handoff == {"reason": "low_confidence"}
+    assert reply.sources == ()
+    assert reply.reply == kb_and_matcher[0].answer("contact_human", "en")
+
+
+def test_editing_an_article_changes_its_answers_and_only_those(kb_and_matcher, engine,
+                                                               help_center) -> None:
+    folder, store = help_center
+    store_config = StoreConfig(cache_url="memory://", sessions_url="memory://")
+    cache = open_answer_cache(store_config)  # one answer cache across the reload
+    before, _ = open_help_center(folder, store_dir=store)
+    p = pipeline(kb_and_matcher, engine, before, cache)
+    gift = ask(p, GIFT_QUESTION)
+    size = ask(p, SIZE_QUESTION)
+    assert gift.source == size.source == "document"
+    assert ask(p, GIFT_QUESTION).source == "cache"  # an unchanged article: cached
+
+    article = folder / "gift-cards.md"
+    text = article.read_text(encoding="utf-8")
+    assert "valid for 3 years" in text
+    article.write_text(text.replace("valid for 3 years", "valid for 7 years")
+                       .replace("31 December 2028", "31 December 2032"), encoding="utf-8")
+    after, _ = open_help_center(folder, store_dir=store)
+    assert (after.index.stats.embedded, after.index.stats.cached) == (1, len(after) - 1)
+
+    p = pipeline(kb_and_matcher, engine, after, cache)
+    edited = ask(p, GIFT_QUESTION)
+    assert edited.source == "document"  # its cache entry died with the old section
+    assert "7" in edited.reply and edited.reply != gift.reply, edited.reply
+    unchanged = ask(p, SIZE_QUESTION)
+    assert unchanged.source == "cache" and unchanged.reply == size.reply
+    assert unchanged.sources == size.sources
