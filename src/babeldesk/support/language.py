@@ -17,7 +17,9 @@ each candidate language as a sum of evidence (in nats):
   + the priors: the chat page's locale and the session's language (``Prior``)
 
 and answers the best supported language, its confidence the softmax of the scores. A
-short message with weak evidence leans on the priors; a clear message overrides them.
+short message with weak evidence leans on the priors; a clear message overrides them. A
+prior language written in another script (ar, fa, el, ru, hi, ...) meets a message in
+Latin letters as romanized text: only the words its list has count for or against it.
 Weights were chosen on ``benchmarks/data/language_tune.jsonl`` only
 (``benchmarks/language_detect.py``; docs/benchmarks.md has the numbers).
 
