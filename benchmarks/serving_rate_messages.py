@@ -149,10 +149,10 @@ def screen(candidates: Sequence[Skeleton], threads: int = 1,
     texts = [s.text(1234) for s in candidates]
     keep = [True] * len(candidates)
     for config in configs:
-        matches = IntentMatcher.from_kb(kb, config).match_many(texts)
-        # the verifier is asked only for verify_low <= P < verify_high (an empty band by default)
+        matches = IntentMatcher.from_kb(kb, config).match_many(texts, [s.language for s in candidates])
+        # the verifier is never asked: its band is empty by default
         for i, (s, m) in enumerate(zip(candidates, matches, strict=True)):
-            if m.intent != s.intent or config.verify_low <= m.confidence < config.verify_high:
+            if m.intent != s.intent:
                 keep[i] = False
     kept = [s for s, k in zip(candidates, keep, strict=True) if k]
     return kept, len(candidates) - len(kept)

@@ -33,7 +33,7 @@ from scipy.special import erf
 
 from babeldesk.knowledge.e5_onnx import E5Weights
 from babeldesk.support.kb import load_kb
-from babeldesk.support.matcher import load_out_of_scope, normalize
+from babeldesk.support.matcher import load_anchors, normalize
 from babeldesk.knowledge.static_embed import (
     E5Tokenizer,
     E5Vocab,
@@ -118,7 +118,7 @@ def check_forward(fwd: E5Forward, tok: E5Tokenizer, vocab: E5Vocab) -> float:
 def training_pieces(tok: E5Tokenizer) -> set[int]:
     """Every piece id in the matcher's training texts (raw and normalised)."""
     texts = [e.text for e in load_kb().examples()]
-    texts += [t for kind in load_out_of_scope().values() for t in kind]
+    texts += list(load_anchors().texts)
     texts += [normalize(t) for t in texts]
     return {i for ids in tok.ids_many(texts) for i in ids}
 

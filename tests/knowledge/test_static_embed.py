@@ -4,12 +4,10 @@ and the optional third stage behind it)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 
 from babeldesk.errors import ConfigError
 from babeldesk.knowledge.embed import EmbedderKind, is_inline, make_embedder
-from babeldesk.support.matcher import IntentMatcher, MatcherConfig, normalize
+from babeldesk.support.matcher import normalize
 from babeldesk.knowledge.static_embed import (
     TABLE_ENV,
     E5Tokenizer,
@@ -112,57 +110,3 @@ NEGATIVES = ["tell me a joke", "what is the weather tomorrow", "who won the matc
 DESCRIPTIONS = {"refund_status": "Where is my refund", "reset_password": "Forgot password"}
 
 
-class Recording:
-    """Wraps an embedder, recording what reaches it (and from which thread)."""
-
-    def __init__(self, inner: StaticEmbedder, inline: bool, name: str) -> None:
-        self.inner, self.inline, self.name, self.dim = inner, inline, name, inner.dim
-        self.seen: list[str] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.seen.extend(texts)
-        return self.inner.embed(texts)
-
-
-def _three_stage(embedder: StaticEmbedder, **overrides: object) -> tuple[IntentMatcher, Recording, Recording]:
-    middle = Recording(embedder, inline=True, name="middle")
-    last = Recording(embedder, inline=False, name="last")  # stands in for e5
-    config = MatcherConfig(embedder=EmbedderKind.STATIC, fallback=EmbedderKind.E5, cache_dir=None,
-                           cascade_threshold=0.99, **overrides)  # type: ignore[arg-type]
-    m = IntentMatcher.train(EXAMPLES, NEGATIVES, DESCRIPTIONS, config, middle, last)
-    return m, middle, last
-
-
-def test_inline_embedder_runs_on_the_event_loop(embedder: StaticEmbedder,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    m, middle, _ = _three_stage(embedder, middle_threshold=0.01)
-
-    async def no_thread(*_: object, **__: object) -> None:
-        raise AssertionError("the static stage must not hop to a thread")
-
-    monkeypatch.setattr(asyncio, "to_thread", no_thread)
-    middle.seen.clear()
-    match = asyncio.run(m.amatch("I forgot my password again"))
-    assert match.embedded and not match.fallback and match.intent == "reset_password"
-    assert middle.seen == [normalize("I forgot my password again")]
-
-
-def test_third_stage_gets_what_the_middle_stage_is_unsure_of(embedder: StaticEmbedder) -> None:
-    m, _, last = _three_stage(embedder, middle_threshold=1.0)  # never sure
-    assert m.has_fallback
-    last.seen.clear()
-    a, = m.match_many(["I forgot my password again"])
-    assert a.fallback and a.embedded and last.seen == [normalize("I forgot my password again")]
-    assert asyncio.run(m.amatch("I forgot my password again")).fallback
-    m_sure, _, last_sure = _three_stage(embedder, middle_threshold=0.01)
-    last_sure.seen.clear()
-    b, = m_sure.match_many(["I forgot my password again"])
-    assert not b.fallback and last_sure.seen == []
-    np.testing.assert_allclose(m.fallback_probabilities(["x"]).sum(), 1.0)
-
-
-def test_config_rejects_bad_fallback_values() -> None:
-    for overrides in ({"middle_threshold": 0.0}, {"fallback_c": 0.0}, {"fallback_weight": -1.0},
-                      {"fallback": EmbedderKind.E5}):
-        with pytest.raises(ConfigError):
-            MatcherConfig(embedder=EmbedderKind.E5, **overrides)  # type: ignore[arg-type]

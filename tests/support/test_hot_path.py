@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from babeldesk.support.language import LanguageDetector
+from babeldesk.support.language import LanguageDetector, Prior
 from babeldesk.support.pipeline import SupportReply
 
 
@@ -14,7 +14,7 @@ def test_detector_cache_returns_the_uncached_result() -> None:
     texts = ["¿Dónde está mi pedido?", "Wo ist meine Bestellung?", "Where is my order?",
              "¿Dónde está mi pedido?", "12345", "x" * 1500]
     for text in texts + texts:
-        assert detector.detect(text) == detector._detect(text)
+        assert detector.detect(text) == detector._detect(text, Prior())
     info = detector._cached.cache_info()
     assert info.hits >= 1 and info.currsize <= 2  # bounded; long texts never stored
 
@@ -24,6 +24,8 @@ def test_reply_to_dict_matches_asdict() -> None:
         reply = SupportReply("s1", "Hola", "es", "cache", "order_status", 0.93, handoff, 1.25,
                              translated=True)
         out = reply.to_dict()
-        assert out == dataclasses.asdict(reply)
+        expected = dataclasses.asdict(reply)
+        expected["sources"] = list(expected["sources"])  # JSON-ready: a list
+        assert out == expected
         if handoff is not None:
             assert out["handoff"] is not handoff  # a copy: callers may not mutate the reply

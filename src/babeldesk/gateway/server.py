@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from babeldesk.knowledge.embed import EmbedderKind
 from babeldesk.knowledge.retrieve import RetrievalConfig, Retriever, open_help_center
 from babeldesk.support.handoff import WebhookNotifier
 from babeldesk.support.kb import docs_dir, load_kb
+from babeldesk.support.language import LanguageDetector
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
@@ -35,6 +37,21 @@ from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap, unavai
 log = logging.getLogger("babeldesk.gateway")
 
 
+def log_progress(what: str) -> Callable[[str, int, int], None]:
+    """A progress callback that logs every ~10% of a long start-up step (first start:
+    embedding thousands of texts; later starts read them from the cache and log nothing)."""
+    last: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        step = done * 10 // max(total, 1)
+        if last.get(stage) != step:
+            last[stage] = step
+            log.info("%s: embedding %s %d/%d (%d%%; cached for the next start)", what, stage,
+                     done, total, done * 100 // max(total, 1))
+
+    return report
+
+
 def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) -> SupportPipeline:
     """KB, matcher, stores and webhook from config; ``model`` is the engine or the fleet."""
     sup, store = config.support, config.store
@@ -42,9 +59,15 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
     matcher_config = MatcherConfig(threads=sup.matcher_threads,
                                    embedder=EmbedderKind(sup.matcher_embedder))
     if sup.verifier:  # without it the matcher's own (empty) verify band applies
-        matcher_config = replace(matcher_config, verify_low=sup.verify_low,
-                                 verify_high=sup.verify_high)
-    matcher = IntentMatcher.from_kb(kb, matcher_config)
+        matcher_config = replace(matcher_config, verify_band=sup.verify_band)
+    documents = load_help_center(config) if sup.docs else None
+    # the help center's section headings are anchors of the matcher: a question closer to
+    # an article than to a curated intent goes to the document path
+    detector = LanguageDetector()
+    headings = sorted({c.heading for c in documents.index.chunks}) if documents else []
+    matcher = IntentMatcher.from_kb(
+        kb, matcher_config, progress=log_progress("intent matcher"),
+        documents=[(h, detector.detect(h).language) for h in headings])
     notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
                 if sup.handoff_webhook else None)
     redactor = Redactor(store.redact_phone_regions) if store.redact else None
@@ -53,7 +76,7 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
         cache=open_answer_cache(store), model=model, config=sup, metrics=metrics,
         max_message_chars=config.gateway.max_message_chars, notifier=notifier,
         redact=redactor.redact if redactor else None,
-        documents=load_help_center(config) if sup.docs else None)
+        documents=documents)
 
 
 def load_help_center(config: Config) -> Retriever:

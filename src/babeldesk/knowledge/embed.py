@@ -22,7 +22,7 @@ import enum
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -137,11 +137,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "babeldesk" / "embeddings"
 
 
-def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | None,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Embed ``texts``, reading/writing ``cache_dir`` when given. A corrupt or mismatched
-    cache file is ignored and rewritten."""
+    cache file is ignored and rewritten. ``progress(done, total)`` is called while
+    embedding (not for a cache hit)."""
     if cache_dir is None:
-        return embedder.embed(texts)
+        return _embed_with_progress(embedder, texts, progress)
     path = cache_dir / f"{cache_key(embedder.name, texts)}.npy"
     if path.exists():
         try:
@@ -151,7 +153,7 @@ def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | Non
         except (OSError, ValueError):
             pass
         log.warning("embedding cache %s unreadable; recomputing", path.name)
-    vectors = embedder.embed(texts)
+    vectors = _embed_with_progress(embedder, texts, progress)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -160,3 +162,15 @@ def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | Non
     except OSError as exc:
         log.warning("cannot write embedding cache %s: %s", path, exc)
     return vectors
+
+
+def _embed_with_progress(embedder: Embedder, texts: Sequence[str],
+                         progress: Callable[[int, int], None] | None) -> np.ndarray:
+    if progress is None or len(texts) <= _BATCH:
+        return embedder.embed(texts)
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    for start in range(0, len(texts), _BATCH * 4):
+        stop = min(start + _BATCH * 4, len(texts))
+        out[start:stop] = embedder.embed(texts[start:stop])
+        progress(stop, len(texts))
+    return out

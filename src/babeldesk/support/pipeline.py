@@ -225,7 +225,7 @@ class SupportPipeline:
         if text_key is not None:
             outcome = await self._from_cache(text_key)
         if outcome is None:
-            match = await self.matcher.amatch(text, self._verifier)
+            match = await self.matcher.amatch(text, self._verifier, language=lang)
             outcome = await self._decide(session_id, transcript, text, lang, match)
             if outcome is None:  # the model path streams
                 async for item in self._answer(transcript, text, lang, match, live,
