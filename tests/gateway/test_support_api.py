@@ -205,11 +205,14 @@ GIFT_CARDS = "https://help.pinecone-market.example/gift-cards"
 
 def test_a_help_center_question_is_answered_with_its_sources(serve) -> None:
     # no intent covers gift cards: the demo help center's article does
-    body = post(serve.url, message="How long is a gift card valid?").json()
+    body = post(serve.url, message="How long is a gift card valid, in years?").json()
     assert body["source"] == "document" and body["intent"] is None, body
     assert body["reply"] and body["handoff"] is None
     assert body["sources"][0]["url"] == GIFT_CARDS
     assert body["sources"][0]["title"].startswith("Gift cards")
+    again = post(serve.url, message="How long is a gift card valid, in years?").json()
+    assert again["source"] == "cache" and again["reply"] == body["reply"]
+    assert again["sources"] == body["sources"]  # a cached answer keeps its sources
     kb = post(serve.url, message="Hola, ¿cuándo me devuelven el dinero de mi devolución?").json()
     assert kb["sources"] == []  # every reply carries the field
     uncovered = post(serve.url, message="Can I rent a bicycle from you for a weekend trip?").json()
