@@ -262,8 +262,9 @@ class SupportConfig:
     # help-center articles (<kb>/docs/): when no intent is sure, the model answers from the
     # retrieved passages, or the conversation is handed off (knowledge/retrieve.py)
     docs: bool = True
-    # cosine of the best passage below which nothing is relevant; None: the value
-    # calibrated on the tuning questions (knowledge.retrieve.RetrievalConfig)
+    # relevance gate: the best passage's cosine minus the 10th best's, below which no
+    # passage is relevant (a handoff); None: the value calibrated on the tuning questions
+    # (knowledge.retrieve.RetrievalConfig, 0.03)
     docs_threshold: float | None = None
     docs_passages: int = 3  # passages in the prompt
     docs_max_file_mb: float = 5.0  # larger articles are refused at load
@@ -276,7 +277,7 @@ class SupportConfig:
         _check("support.docs_max_file_mb", self.docs_max_file_mb > 0, "must be > 0")
         _check("support.docs_threshold",
                self.docs_threshold is None or -1.0 <= self.docs_threshold <= 1.0,
-               "must be a cosine in [-1, 1]")
+               "must be in [-1, 1]")
         _check("support.reply_max_tokens", self.reply_max_tokens >= 1, "must be >= 1")
         _check("support.temperature", 0.0 <= self.temperature <= 2.0, "must be in [0, 2]")
         _check("support.repeat_handoff", self.repeat_handoff >= 1, "must be >= 1")

@@ -11,6 +11,7 @@ import pytest
 
 from babeldesk.config import EngineConfig, StoreConfig, SupportConfig
 from babeldesk.engine.loader import load_engine
+from babeldesk.knowledge.documents import load_documents
 from babeldesk.knowledge.retrieve import Retriever, default_store_dir, open_help_center, store_path
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.support.kb import docs_dir, load_kb
@@ -22,7 +23,7 @@ from babeldesk.telemetry.metrics import Metrics
 pytestmark = pytest.mark.slow
 
 GIFT_URL = "https://help.pinecone-market.example/gift-cards"
-GIFT_QUESTION = "¿Cuánto tiempo es válida una tarjeta regalo?"  # only the article says
+GIFT_QUESTION = "¿Caducan las tarjetas regalo?"  # only the article says (3 years)
 SIZE_QUESTION = "What size duvet do I need for a double bed?"
 UNCOVERED = "Can I rent a bicycle from you for a weekend trip?"
 
@@ -38,8 +39,14 @@ def engine():
 
 @pytest.fixture(scope="module")
 def kb_and_matcher():
+    """The matcher as ``serve`` builds it: the help center's section headings are its
+    anchors, so a question closer to an article than to an intent is left to the
+    documents (gateway.server.build_pipeline)."""
     kb = load_kb()
-    return kb, IntentMatcher.from_kb(kb, MatcherConfig(threads=1))
+    detector = LanguageDetector()
+    headings = sorted({c.heading for c in load_documents(docs_dir()).chunks})
+    documents = [(h, detector.detect(h).language) for h in headings]
+    return kb, IntentMatcher.from_kb(kb, MatcherConfig(threads=1), documents=documents)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +130,15 @@ def test_editing_an_article_changes_its_answers_and_only_those(kb_and_matcher, e
     unchanged = ask(p, SIZE_QUESTION)
     assert unchanged.source == "cache" and unchanged.reply == size.reply
     assert unchanged.sources == size.sources
+
+
+def test_an_untranslated_tail_is_cut_from_a_document_answer(kb_and_matcher) -> None:
+    p = pipeline(kb_and_matcher, None, open_help_center(Path("no-such-folder"))[0])
+    trim = p._trim_to_language
+    assert trim("Las tarjetas regalo caducan en 3 años, counted from the end of the year.",
+                "es") == "Las tarjetas regalo caducan en 3 años."
+    assert trim("La carte est valable 3 ans, comptée depuis la fin de l'année.", "fr") == \
+        "La carte est valable 3 ans, comptée depuis la fin de l'année."  # all French: kept
+    assert trim("Gift cards are valid for 3 years.", "es") == \
+        "Gift cards are valid for 3 years."  # nothing in Spanish to keep: left whole
+    assert trim("礼品卡的有效期是3年。", "zh") == "礼品卡的有效期是3年。"

@@ -79,7 +79,7 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
-            raise ConfigError("support.docs_threshold", "must be a cosine in [-1, 1]")
+            raise ConfigError("support.docs_threshold", "must be in [-1, 1]")
         if self.passages < 1:
             raise ConfigError("support.docs_passages", "must be >= 1")
 

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
@@ -71,6 +72,7 @@ from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams
 log = logging.getLogger(__name__)
 
 HUMAN_INTENT = "contact_human"
+_CLAUSE = re.compile(r"(?<=[.!?;:,])\s+")  # clause ends in scripts written with spaces
 HISTORY_TURNS = 20
 MODEL_ATTEMPTS = 2  # model answers tried when one fails before any text is shown
 FALLBACK_HANDOFF = "A colleague from our team will take over this conversation shortly."  # transcript turns read per message (the prompt budget trims further)
@@ -432,10 +434,28 @@ class SupportPipeline:
             yield _Outcome(safe, Source.MODEL, None, match.confidence, None, cacheable=False)
             return
         if retrieval is not None:
-            yield _Outcome(reply, Source.DOCUMENT, None, match.confidence, None,
-                           sources=tuple(retrieval.sources()))
+            yield _Outcome(self._trim_to_language(reply, lang), Source.DOCUMENT, None,
+                           match.confidence, None, sources=tuple(retrieval.sources()))
             return
         yield _Outcome(reply, Source.MODEL, None, match.confidence, None)
+
+    def _trim_to_language(self, reply: str, lang: str) -> str:
+        """A document answer without the untranslated tail the small model leaves when it
+        drifts into the passages' language mid-answer ("Las tarjetas regalo caducan en 3
+        años, counted from the end of the year."): from the first clause of 3+ words
+        that the detector reads as another language, the reply is cut. A reply that does
+        not start in ``lang`` is left whole (nothing better to show)."""
+        if self.detector.detect(reply).language == lang:
+            return reply
+        clauses = _CLAUSE.split(reply)
+        kept = clauses[:1]
+        for clause in clauses[1:]:
+            if len(clause.split()) >= 3 and self.detector.detect(clause).language != lang:
+                break
+            kept.append(clause)
+        if len(kept) == len(clauses) or self.detector.detect(kept[0]).language != lang:
+            return reply
+        return " ".join(kept).rstrip(",;: ") + ("" if kept[-1][-1:] in ".!?" else ".")
 
     async def _handoff(self, lang: str, reason: HandoffReason, intent: str | None,
                        confidence: float) -> _Outcome:
