@@ -37,7 +37,9 @@ CONFIG = {
         "read_timeout_s": 10,
         "retry_attempts": 2,
     },
-    "support": {"verifier": False, "reply_max_tokens": 8},
+    # no help center: an off-topic question then reaches the model through the fleet (with
+    # one, a question no article covers is a handoff, and these tests need model calls)
+    "support": {"verifier": False, "reply_max_tokens": 8, "docs": False},
 }
 
 

@@ -99,10 +99,16 @@ def parse_bench_summary(data: Any, source: str = "bench result") -> BenchSummary
         if not isinstance(shares, Mapping) or "model" not in shares:
             raise ConfigError(f"{source}: source_shares", "must map answer sources to shares, "
                               "including 'model'")
-        model = _number(f"{source}: source_shares.model", shares["model"], low=0, high=1,
-                        low_open=True)
+        # answers the model generated: free answers and answers from help-center documents
+        generated = sum(float(shares.get(k) or 0) for k in MODEL_SOURCES
+                        if isinstance(shares.get(k), int | float))
+        model = _number(f"{source}: source_shares.model + document", generated, low=0,
+                        high=1, low_open=True)
         share = 1.0 - model
     return BenchSummary(achieved, slo_rps, share, source)
+
+
+MODEL_SOURCES = ("model", "document")  # support answer sources the model generated
 
 
 def load_bench_summary(path: str | Path) -> BenchSummary:
