@@ -1,0 +1,5 @@
+"""``python -m babeldesk.cli``."""
+
+from babeldesk.cli import app
+
+app()
