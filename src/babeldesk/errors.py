@@ -65,6 +65,27 @@ class NotFound(BabeldeskError):
     type = "not_found_error"
 
 
+class Forbidden(BabeldeskError):
+    """A known caller that may not do this (wrong scope, another agent's conversation)."""
+
+    status = 403
+    type = "permission_error"
+
+
+class Conflict(BabeldeskError):
+    """The resource is not in a state that allows this (a conversation already claimed,
+    closed, or not claimed). ``state`` and ``owner``: what the caller found."""
+
+    status = 409
+    type = "conflict_error"
+
+    def __init__(self, message: str, *, state: str | None = None,
+                 owner: str | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+        self.owner = owner
+
+
 class PayloadTooLarge(BabeldeskError):
     status = 413
     type = "payload_too_large"

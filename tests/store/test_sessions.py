@@ -46,7 +46,9 @@ async def test_turns_come_back_in_order_with_every_field(store: SessionStore) ->
     assert body["turns"][1] == {"role": "assistant", "text": "En 5 a 7 días hábiles.",
                                 "language": "es", "source": "knowledge_base",
                                 "intent": "refund_status", "confidence": 0.93,
-                                "time": 1_700_000_001.25}
+                                "time": 1_700_000_001.25, "agent": None, "translation": None,
+                                "translation_language": None, "untranslated": False}
+    assert body["state"] == "bot" and body["agent"] is None
 
 
 async def test_last_n_turns(store: SessionStore) -> None:

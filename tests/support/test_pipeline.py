@@ -85,7 +85,7 @@ def test_handoff_webhook_is_retried_and_never_delays_the_reply(kb_and_matcher) -
     reply = asyncio.run(run())
     assert notifier.delivered == 1 and notifier.failed == 0
     (event,) = receiver.received
-    assert event["type"] == "handoff" and event["session_id"] == reply.session_id
+    assert event["type"] == "handoff.requested" and event["session_id"] == reply.session_id
     assert event["reason"] == "customer_request" and "555 1234" not in event["message"]
     receiver.server.shutdown()
 

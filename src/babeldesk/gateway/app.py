@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from babeldesk.config import Config
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthorized, Unavailable
 from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, support_endpoint
+from babeldesk.store import Turn
 from babeldesk.support.language import accept_language as language_of_header
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
@@ -83,6 +84,22 @@ def parse_support_body(data: Any, accept_language: str = "") -> tuple[SupportReq
                              param="session_id")
     locale = body.locale or language_of_header(accept_language)
     return SupportRequest(body.message, body.session_id, body.language, locale), body.stream
+
+
+def customer_turn(t: Turn) -> dict[str, Any]:
+    """A turn as the customer's transcript shows it: an agent's reply in the customer's
+    language (``text``), the agent's original beside it, marked translated; no agent name."""
+    out: dict[str, Any] = {"time": t.time, "role": t.role, "text": t.text,
+                           "language": t.language, "source": t.source, "intent": t.intent,
+                           "confidence": t.confidence}
+    if t.role == "agent":
+        out["source"] = "agent"
+        if t.translation:
+            out.update(text=t.translation, language=t.translation_language, translated=True,
+                       original=t.text, original_language=t.language)
+        else:
+            out["translated"] = False
+    return out
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
@@ -176,9 +193,8 @@ def create_app(state: GatewayState) -> FastAPI:
         return {
             "session_id": t.session_id, "created_at": t.created_at, "language": locked,
             "handoff": {"reason": t.handoff_reason} if t.handoff_reason else None,
-            "turns": [{"time": x.time, "role": x.role, "text": x.text, "language": x.language,
-                       "source": x.source, "intent": x.intent, "confidence": x.confidence}
-                      for x in t.turns],
+            "state": t.state,
+            "turns": [customer_turn(x) for x in t.turns],
         }
 
     @app.delete("/v1/support/sessions/{session_id}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from babeldesk.errors import ConfigError, InvalidRequest
+from babeldesk.errors import ConfigError, Conflict, InvalidRequest
 
 # who said it: the customer, the assistant, a human agent after handoff, or a system note
 TURN_ROLES: tuple[str, ...] = ("user", "assistant", "agent", "system")
@@ -45,6 +45,45 @@ class Keep(enum.Enum):
 
 
 KEEP = Keep.KEEP
+
+
+class State(str, enum.Enum):
+    """A conversation's state. ``bot``: the assistant answers; ``waiting_for_agent``: handed
+    off, in the agents' queue, the assistant is silent; ``with_agent``: an agent owns it;
+    ``closed``: done (a later customer message reopens it with the assistant)."""
+
+    BOT = "bot"
+    WAITING = "waiting_for_agent"
+    WITH_AGENT = "with_agent"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A write that happens only while the conversation is in one of ``states`` and, when
+    ``agent`` is set, owned by that agent; otherwise nothing is written and the store
+    raises ``Conflict`` with the state and owner it found. Checked inside the backend's
+    atomic write, so two agents claiming at once cannot both win."""
+
+    states: frozenset[State]
+    agent: str | None = None
+
+    @classmethod
+    def of(cls, *states: State, agent: str | None = None) -> Guard:
+        return cls(frozenset(states), agent)
+
+    def allows(self, state: str, owner: str | None) -> bool:
+        return State(state) in self.states and (self.agent is None or owner == self.agent)
+
+    def check(self, state: str, owner: str | None) -> None:
+        if not self.allows(state, owner):
+            raise Conflict(f"the conversation is {state}"
+                           + (f" with agent {owner}" if owner and state == State.WITH_AGENT
+                              else ""), state=state, owner=owner)
+
+    @property
+    def states_csv(self) -> str:  # for the Redis script
+        return ",".join(sorted(s.value for s in self.states))
 
 
 class CacheKind(str, enum.Enum):
@@ -93,6 +132,12 @@ class Turn:
     intent: str | None = None
     confidence: float | None = None  # 0..1, of the matched intent
     time: float = field(default_factory=time.time)
+    agent: str | None = None  # agent turns: who wrote it (the operator key's name)
+    # the other version of ``text`` (which is the turn as written): a customer message
+    # translated for the agent, an agent reply translated for the customer
+    translation: str | None = None
+    translation_language: str | None = None
+    untranslated: bool = False  # an agent reply the model could not translate, sent as written
 
     def __post_init__(self) -> None:
         if self.role not in TURN_ROLES:
@@ -118,6 +163,9 @@ class Transcript:
     turns: tuple[Turn, ...]  # oldest first; the last ``n`` when asked for fewer
     language: str | None = None  # the session's language lock, if set
     handoff_reason: str | None = None  # set once the session is handed to a human
+    state: str = State.BOT.value
+    agent: str | None = None  # the agent who owns it (with_agent), or last owned it
+    state_since: float | None = None  # Unix seconds of the last state change
 
     @property
     def handed_off(self) -> bool:
@@ -130,6 +178,8 @@ class Transcript:
             "created_at": self.created_at,
             "language": self.language,
             "handoff": {"reason": self.handoff_reason} if self.handed_off else None,
+            "state": self.state,
+            "agent": self.agent,
             "turns": [asdict(t) for t in self.turns],
         }
 
@@ -165,12 +215,19 @@ class SessionStore(Protocol):
 
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
-                     handoff_reason: str | None = None) -> int:
-        """Everything one customer message changes, as one atomic write: create the
-        session (``create``; an existing id is kept as is), set its language lock (unless
-        ``KEEP``), append ``turns`` in order, mark the handoff (when a reason is given).
-        Returns the number of turns after it; ``NotFound`` when the session does not
-        exist and ``create`` is false."""
+                     handoff_reason: str | None = None, guard: Guard | None = None,
+                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
+        """Everything one message or one agent action changes, as one atomic write: create
+        the session (``create``; an existing id is kept as is), check ``guard`` (``Conflict``
+        and nothing written when it fails), set its language lock (unless ``KEEP``), append
+        ``turns`` in order, mark the handoff (when a reason is given), move it to ``state``
+        (``state_since`` = now) and set its ``agent`` (unless ``KEEP``). Returns the number
+        of turns after it; ``NotFound`` when the session does not exist and ``create`` is
+        false."""
+        ...
+
+    async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
+        """Conversations in ``waiting_for_agent``, longest waiting first: (id, since)."""
         ...
 
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript: ...

@@ -17,8 +17,10 @@ from babeldesk.store.base import (
     CacheKey,
     CacheKind,
     CacheLookup,
+    Guard,
     Keep,
     LookupResult,
+    State,
     Transcript,
     Turn,
 )
@@ -71,6 +73,9 @@ class _Session:
     turns: list[Turn] = field(default_factory=list)
     language: str | None = None
     handoff_reason: str | None = None
+    state: str = State.BOT.value
+    agent: str | None = None
+    state_since: float | None = None  # Unix seconds
 
 
 class MemorySessionStore:
@@ -111,10 +116,17 @@ class MemorySessionStore:
 
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
-                     handoff_reason: str | None = None) -> int:
+                     handoff_reason: str | None = None, guard: Guard | None = None,
+                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
         if create and not await self.exists(session_id):
             self._sessions[session_id] = _Session(created_at=time.time(), touched=time.monotonic())
         s = self._get(session_id)
+        if guard is not None:
+            guard.check(s.state, s.agent)
+        if state is not None:
+            s.state, s.state_since = State(state).value, time.time()
+        if agent is not KEEP:
+            s.agent = agent
         if language is not KEEP:
             s.language = language
         red = self._redactor
@@ -127,7 +139,17 @@ class MemorySessionStore:
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript:
         s = self._get(session_id)
         turns = s.turns if last is None else s.turns[max(0, len(s.turns) - last):]
-        return Transcript(session_id, s.created_at, tuple(turns), s.language, s.handoff_reason)
+        return Transcript(session_id, s.created_at, tuple(turns), s.language, s.handoff_reason,
+                          s.state, s.agent, s.state_since)
+
+    async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
+        found = []
+        for sid in list(self._sessions):
+            if await self.exists(sid):
+                s = self._sessions[sid]
+                if s.state == State.WAITING.value:
+                    found.append((sid, s.state_since or s.created_at))
+        return sorted(found, key=lambda x: x[1])[:limit]
 
     async def delete(self, session_id: str) -> None:
         self._get(session_id)

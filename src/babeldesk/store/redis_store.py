@@ -38,8 +38,10 @@ from babeldesk.store.base import (
     CacheKey,
     CacheKind,
     CacheLookup,
+    Guard,
     Keep,
     LookupResult,
+    State,
     Transcript,
     Turn,
 )
@@ -62,24 +64,43 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return n
 """
-# KEYS: meta, turns. ARGV: ttl ms, now (Unix s), create ('1'/'0'), set language ('1'/'0'),
-# language ('' clears it), handoff reason ('' = none), append token, turn JSON...
-# One customer message in one script. Returns the list length after, or -1 (unknown session).
+# KEYS: meta, turns, waiting queue. ARGV: ttl ms, now (Unix s), create ('1'/'0'), set
+# language ('1'/'0'), language ('' clears it), handoff reason ('' = none), append token,
+# guard states ('a,b'; '' = no guard), guard agent ('' = any), new state ('' = keep),
+# set agent ('1'/'0'), agent ('' clears it), session id, turn JSON...
+# One message or agent action in one script. Returns the list length after, -1 (unknown
+# session) or {-2, state, owner} (the guard refused; nothing written).
 _RECORD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[3] ~= '1' then return -1 end
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[2])
-end
-if redis.call('HGET', KEYS[1], 'last_append') == ARGV[7] then
+local found = redis.call('EXISTS', KEYS[1]) == 1
+if not found and ARGV[3] ~= '1' then return -1 end
+if found and redis.call('HGET', KEYS[1], 'last_append') == ARGV[7] then
   return redis.call('LLEN', KEYS[2])
 end
+if ARGV[8] ~= '' then
+  local state = (found and redis.call('HGET', KEYS[1], 'state')) or 'bot'
+  local owner = (found and redis.call('HGET', KEYS[1], 'agent')) or ''
+  if not string.find(',' .. ARGV[8] .. ',', ',' .. state .. ',', 1, true)
+     or (ARGV[9] ~= '' and owner ~= ARGV[9]) then
+    return {-2, state, owner}
+  end
+end
+if not found then redis.call('HSET', KEYS[1], 'created_at', ARGV[2], 'state', 'bot') end
 if ARGV[4] == '1' then
   if ARGV[5] == '' then redis.call('HDEL', KEYS[1], 'language')
   else redis.call('HSET', KEYS[1], 'language', ARGV[5]) end
 end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'handoff_reason', ARGV[6]) end
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[10], 'state_since', ARGV[2])
+  if ARGV[10] == 'waiting_for_agent' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[13])
+  else redis.call('ZREM', KEYS[3], ARGV[13]) end
+end
+if ARGV[11] == '1' then
+  if ARGV[12] == '' then redis.call('HDEL', KEYS[1], 'agent')
+  else redis.call('HSET', KEYS[1], 'agent', ARGV[12]) end
+end
 local n = redis.call('LLEN', KEYS[2])
-for i = 8, #ARGV do n = redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 14, #ARGV do n = redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_append', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
@@ -174,6 +195,10 @@ class RedisSessionStore:
         self.retry_after_s = retry_after_s
         self._redactor = redactor
         self._prefix = prefix + "session:"
+        # sorted set: session id -> Unix seconds it started waiting for an agent. One key
+        # for the whole queue, so the record script spans two slots: one Redis (or a
+        # replica set), not Redis Cluster
+        self._waiting = prefix + "waiting"
         self._append = client.register_script(_APPEND)
         self._update_script = client.register_script(_UPDATE)
         self._record = client.register_script(_RECORD)
@@ -226,18 +251,26 @@ class RedisSessionStore:
 
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
-                     handoff_reason: str | None = None) -> int:
+                     handoff_reason: str | None = None, guard: Guard | None = None,
+                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
         red = self._redactor
         stored = [(red.turn(t) if red else t).to_json() for t in turns]
         token = uuid.uuid4().hex  # the same for the client's retry of this one call
         lang = "" if language is KEEP or language is None else str(language)
         keep = language is KEEP
         n = await self._call(self._record(
-            keys=self._keys(session_id),
+            keys=[*self._keys(session_id), self._waiting],
             args=[self._ttl_ms, repr(time.time()), "1" if create else "0", "0" if keep else "1",
                   lang, handoff_reason or "", token,
+                  guard.states_csv if guard else "", (guard.agent or "") if guard else "",
+                  State(state).value if state else "", "0" if agent is KEEP else "1",
+                  "" if agent is KEEP else (agent or ""), session_id,
                   *stored],
         ))
+        if isinstance(n, list):  # the guard refused: {-2, state, owner}
+            assert guard is not None
+            guard.check(str(n[1]), str(n[2]) or None)
+            raise RuntimeError("record script refused a write its guard allows")
         if int(n) < 0:
             raise self._unknown(session_id)
         return int(n)
@@ -256,13 +289,40 @@ class RedisSessionStore:
             turns=tuple(Turn.from_json(r) for r in raw) if last != 0 else (),
             language=fields.get("language"),
             handoff_reason=fields.get("handoff_reason"),
+            state=fields.get("state", State.BOT.value),
+            agent=fields.get("agent"),
+            state_since=float(fields["state_since"]) if "state_since" in fields else None,
         )
 
     async def delete(self, session_id: str) -> None:
         # Redis keeps no copy once the keys are gone, except in the AOF until its next
         # rewrite (BGREWRITEAOF, automatic by size); redaction limits what is there.
-        if not await self._call(self._redis.delete(*self._keys(session_id))):
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(*self._keys(session_id))
+        pipe.zrem(self._waiting, session_id)
+        deleted, _ = await self._call(pipe.execute())
+        if not deleted:
             raise self._unknown(session_id)
+
+    async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
+        # members whose session expired while waiting are dropped here
+        found: list[tuple[str, float]] = []
+        start = 0
+        while len(found) < limit:
+            batch = await self._call(self._redis.zrange(
+                self._waiting, start, start + limit - 1, withscores=True))
+            if not batch:
+                break
+            pipe = self._redis.pipeline(transaction=False)
+            for sid, _ in batch:
+                pipe.exists(self._keys(sid)[0])
+            alive = await self._call(pipe.execute())
+            stale = [sid for (sid, _), ok in zip(batch, alive) if not ok]
+            if stale:
+                await self._call(self._redis.zrem(self._waiting, *stale))
+            found += [(sid, float(t)) for (sid, t), ok in zip(batch, alive) if ok]
+            start += len(batch) - len(stale)
+        return found[:limit]
 
     async def _update(self, session_id: str, field: str, value: str | None) -> None:
         ok = await self._call(self._update_script(

@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from babeldesk.errors import BabeldeskError, NotFound, Unavailable
-from babeldesk.store.base import KEEP, Keep, Transcript, Turn
+from babeldesk.store.base import KEEP, Guard, Keep, State, Transcript, Turn
 from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
+from babeldesk.store.sqlite_rows import INSERT_TURN, SELECT_TURN, create_schema, row_turn, turn_row
+from babeldesk.store.sqlite_rows import sqlite_path as sqlite_path  # imported from here
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -49,39 +51,6 @@ SWEEP_EVERY_S = 60.0  # expired sessions are deleted by a write at most this oft
 MAX_GROUP = 256  # records per group commit
 CHECKPOINT_EVERY = 200  # inline commits between two WAL checkpoints (on the executor)
 GROUP_LINGER_S = 0.001  # a group started this soon after the last commit waits this long
-_INSERT_TURN = ("INSERT INTO turns (session_id, seq, time, role, text, language, source, intent,"
-                " confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,      -- Unix seconds
-    updated_at REAL NOT NULL,      -- Unix seconds of the last write; drives expiry
-    language TEXT,
-    handoff_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at);
-CREATE TABLE IF NOT EXISTS turns (
-    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,          -- 0, 1, 2, ... per session, no gaps
-    time REAL NOT NULL,
-    role TEXT NOT NULL,
-    text TEXT NOT NULL,
-    language TEXT,
-    source TEXT,
-    intent TEXT,
-    confidence REAL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
-"""
-
-
-def sqlite_path(url: str) -> Path:
-    """``sqlite:///rel/to.db`` -> ``rel/to.db``; ``sqlite:////abs.db`` -> ``/abs.db``."""
-    raw = url.removeprefix("sqlite:///")
-    if not raw or raw == url:
-        raise ValueError(f"not a sqlite:///path URL: {url!r}")
-    return Path(raw).expanduser()
 
 
 class SqliteSessionStore:
@@ -113,7 +82,7 @@ class SqliteSessionStore:
             conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=ON")
-            conn.executescript(_SCHEMA)
+            create_schema(conn)
             self._conn = conn
         return self._conn
 
@@ -255,7 +224,8 @@ class SqliteSessionStore:
 
     def _live(self, conn: sqlite3.Connection, session_id: str) -> tuple[Any, ...]:
         row = conn.execute(
-            "SELECT created_at, updated_at, language, handoff_reason FROM sessions WHERE id = ?",
+            "SELECT created_at, updated_at, language, handoff_reason, state, agent, state_since"
+            " FROM sessions WHERE id = ?",
             (session_id,),
         ).fetchone()
         if row is None or time.time() - row[1] > self.ttl_s:
@@ -293,11 +263,7 @@ class SqliteSessionStore:
             (seq,) = conn.execute(
                 "SELECT COALESCE(MAX(seq) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
             ).fetchone()
-            conn.execute(
-                _INSERT_TURN,
-                (session_id, seq, t.time, t.role, t.text, t.language, t.source, t.intent,
-                 t.confidence),
-            )
+            conn.execute(INSERT_TURN, turn_row(session_id, int(seq), t))
             conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (time.time(), session_id))
             return int(seq) + 1
 
@@ -305,7 +271,8 @@ class SqliteSessionStore:
 
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
-                     handoff_reason: str | None = None) -> int:
+                     handoff_reason: str | None = None, guard: Guard | None = None,
+                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
         red = self._redactor
         stored = [red.turn(t) if red else t for t in turns]
 
@@ -314,23 +281,27 @@ class SqliteSessionStore:
             now = time.time()
 
             def insert_turns(seq: int) -> int:
-                conn.executemany(_INSERT_TURN, [
-                    (session_id, seq + i, t.time, t.role, t.text, t.language, t.source,
-                     t.intent, t.confidence) for i, t in enumerate(stored)])
+                conn.executemany(INSERT_TURN, [turn_row(session_id, seq + i, t)
+                                               for i, t in enumerate(stored)])
                 return seq + len(stored)
 
             if create:
                 if now - self._swept_at > SWEEP_EVERY_S:
                     self._swept_at = now
                     conn.execute("DELETE FROM sessions WHERE updated_at < ?", (now - self.ttl_s,))
+                if guard is not None and not guard.allows(State.BOT.value, None):
+                    self._live(conn, session_id)  # a new session would be bot: refuse first
                 new = conn.execute(
                     "INSERT OR IGNORE INTO sessions (id, created_at, updated_at, language,"
-                    " handoff_reason) VALUES (?, ?, ?, ?, ?)",
+                    " handoff_reason, state, agent, state_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (session_id, now, now, None if language is KEEP else language,
-                     handoff_reason or None))
+                     handoff_reason or None, State(state or State.BOT).value,
+                     None if agent is KEEP else agent, now if state else None))
                 if new.rowcount == 1:  # a new session: its turns start at 0, row complete
                     return insert_turns(0)
-            self._live(conn, session_id)
+            row = self._live(conn, session_id)
+            if guard is not None:
+                guard.check(row[4], row[5])
             (seq,) = conn.execute(
                 "SELECT COALESCE(MAX(seq) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
             ).fetchone()
@@ -342,6 +313,12 @@ class SqliteSessionStore:
             if handoff_reason:
                 sets.append("handoff_reason = ?")
                 values.append(handoff_reason)  # type: ignore[arg-type]
+            if state is not None:
+                sets += ["state = ?", "state_since = ?"]
+                values += [State(state).value, now]  # type: ignore[list-item]
+            if agent is not KEEP:
+                sets.append("agent = ?")
+                values.append(agent)  # type: ignore[arg-type]
             conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE id = ?",
                          (*values, session_id))
             return count
@@ -350,18 +327,15 @@ class SqliteSessionStore:
 
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript:
         def op(conn: sqlite3.Connection) -> Transcript:
-            created_at, _, language, handoff = self._live(conn, session_id)
+            created_at, _, language, handoff, state, agent, since = self._live(conn, session_id)
             rows = conn.execute(
-                "SELECT time, role, text, language, source, intent, confidence FROM turns"
+                f"SELECT {SELECT_TURN} FROM turns"
                 " WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
                 (session_id, -1 if last is None else last),
             ).fetchall()
-            turns = tuple(
-                Turn(role=r[1], text=r[2], language=r[3], source=r[4], intent=r[5],
-                     confidence=r[6], time=r[0])
-                for r in reversed(rows)
-            )
-            return Transcript(session_id, created_at, turns, language, handoff)
+            turns = tuple(row_turn(r) for r in reversed(rows))
+            return Transcript(session_id, created_at, turns, language, handoff, state, agent,
+                              since)
 
         return await self._run(lambda: self._tx(op, write=False))
 
@@ -397,6 +371,16 @@ class SqliteSessionStore:
         row = await self._run(lambda: self._tx(lambda c: self._live(c, session_id), write=False))
         return row[2]  # type: ignore[no-any-return]
 
+    async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+            rows = conn.execute(
+                "SELECT id, COALESCE(state_since, created_at) FROM sessions WHERE state = ?"
+                " AND updated_at >= ? ORDER BY state_since LIMIT ?",
+                (State.WAITING.value, time.time() - self.ttl_s, limit)).fetchall()
+            return [(r[0], float(r[1])) for r in rows]
+
+        return await self._run(lambda: self._tx(op, write=False))
+
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1").fetchone())
 
@@ -404,13 +388,9 @@ class SqliteSessionStore:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
-
-        def shut() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
+        conn, self._conn = self._conn, None
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+            if conn is not None:  # closed on the thread that uses it
+                await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         finally:
             self._executor.shutdown(wait=True)

@@ -73,7 +73,7 @@ class WebhookNotifier:
         return task
 
     async def _deliver(self, event: HandoffEvent) -> bool:
-        payload = {"type": "handoff", **asdict(event)}
+        payload = {"type": "handoff.requested", **asdict(event)}
         delay = self.first_backoff_s
         for attempt in range(1, self.attempts + 1):
             try:

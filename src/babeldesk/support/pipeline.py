@@ -24,15 +24,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields, replace
 
 from babeldesk.config import SupportConfig
-from babeldesk.errors import BabeldeskError, GenerationFailed, InvalidRequest, PayloadTooLarge
+from babeldesk.errors import (
+    BabeldeskError,
+    Conflict,
+    GenerationFailed,
+    InvalidRequest,
+    PayloadTooLarge,
+)
 from babeldesk.knowledge.retrieve import Retrieval, Retriever
 from babeldesk.store import (
     KEEP,
     AnswerCache,
     CacheKey,
+    Guard,
     Keep,
     LookupResult,
     SessionStore,
+    State,
     Transcript,
     Turn,
     document_answer_key,
@@ -84,7 +92,10 @@ class Source(str, enum.Enum):
     MODEL = "model"
     DOCUMENT = "document"  # the model, from help-center passages (reply.sources)
     HANDOFF = "handoff"
+    AGENT = "agent"  # the conversation is an agent's: stored and delivered, no assistant reply
 
+
+AGENT_STATES = (State.WAITING.value, State.WITH_AGENT.value)  # the assistant is silent
 
 @dataclass(frozen=True, slots=True)
 class SupportRequest:
@@ -107,6 +118,7 @@ class SupportReply:
     translated: bool = False  # the KB answer was translated into `language` by the model
     # the help-center passages a document answer was grounded in: ({title, url}, ...)
     sources: tuple[dict[str, str], ...] = ()
+    state: str = State.BOT.value  # the conversation's state after this message
 
     def to_dict(self) -> dict[str, object]:
         # not dataclasses.asdict: that deep-copies every value recursively and was ~5% of
@@ -220,6 +232,12 @@ class SupportPipeline:
             session_id = new_session_id()
             transcript = Transcript(session_id, time.time(), ())
         lang, lock = self._language(transcript, text, explicit, request.locale)
+        if transcript.state in AGENT_STATES:  # an agent's conversation: no assistant reply
+            try:
+                yield await self._to_agent(transcript, text, lang, lock, started)
+                return
+            except Conflict:  # returned to the assistant (or closed) meanwhile: answer
+                transcript = await self.sessions.transcript(session_id, last=HISTORY_TURNS)
         first_message = not transcript.turns
 
         outcome: _Outcome | None = None
@@ -251,8 +269,14 @@ class SupportPipeline:
             confidence=round(outcome.confidence, 4),
             handoff={"reason": outcome.handoff.value} if outcome.handoff else None,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            translated=outcome.translated, sources=outcome.sources)
-        await self._record(session_id, text, reply, new=new, lock=lock)
+            translated=outcome.translated, sources=outcome.sources,
+            state=State.WAITING.value if outcome.handoff else State.BOT.value)
+        try:
+            await self._record(session_id, text, reply, new=new, lock=lock,
+                               reopen=transcript.state == State.CLOSED.value)
+        except Conflict:  # handed off by a message of the same session meanwhile
+            transcript = await self.sessions.transcript(session_id, last=HISTORY_TURNS)
+            reply = await self._to_agent(transcript, text, lang, lock, started)
         yield reply
 
     # --- steps ---------------------------------------------------------------------------
@@ -473,21 +497,43 @@ class SupportPipeline:
         return repeats(previous, key) >= self.config.repeat_handoff
 
     async def _record(self, session_id: str, text: str, reply: SupportReply, *, new: bool,
-                      lock: str | None | Keep) -> None:
-        """Both turns, the language lock and the handoff mark in one store write."""
+                      lock: str | None | Keep, reopen: bool = False) -> None:
+        """Both turns, the language lock and the handoff (state ``waiting_for_agent``) in
+        one store write, guarded: only while the conversation is the assistant's
+        (``Conflict`` otherwise, nothing written). The handoff webhook fires only after
+        that write, so once per transition, never once per message. A closed conversation
+        is reopened with the assistant (``reopen``)."""
         reason = reply.handoff["reason"] if reply.handoff else None
+        state = State.WAITING if reason else (State.BOT if reopen else None)
         await self.sessions.record(session_id, (
             Turn("user", text, language=reply.language, intent=reply.intent,
                  confidence=reply.confidence),
             Turn("assistant", reply.reply, language=reply.language, source=reply.source,
                  intent=reply.intent, confidence=reply.confidence),
-        ), create=new, language=lock, handoff_reason=reason)
+        ), create=new, language=lock, handoff_reason=reason,
+            guard=Guard.of(State.BOT, State.CLOSED) if reopen else Guard.of(State.BOT),
+            state=state, agent=None if reopen else KEEP)
         self._messages(reply.language, reply.source).inc()
         if reason:
             self.metrics.handoffs_total.labels(reason).inc()
             if self.notifier is not None:
                 self.notifier.notify(event(session_id, HandoffReason(reason), reply.language,
                                            self.redact(text), reply.intent))
+
+    async def _to_agent(self, transcript: Transcript, text: str, lang: str,
+                        lock: str | None | Keep, started: float) -> SupportReply:
+        """A message in a conversation waiting for or owned by an agent: stored for the
+        agent (guarded: ``Conflict`` when it went back to the assistant meanwhile), no
+        assistant reply."""
+        sid = transcript.session_id
+        await self.sessions.record(sid, (Turn("user", text, language=lang, source="agent"),),
+                                   language=lock, guard=Guard.of(State.WAITING, State.WITH_AGENT))
+        self._messages(lang, Source.AGENT.value).inc()
+        reason = transcript.handoff_reason
+        return SupportReply(
+            session_id=sid, reply="", language=lang, source=Source.AGENT.value, intent=None,
+            confidence=0.0, handoff={"reason": reason} if reason else None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3), state=transcript.state)
 
 
 @dataclass(frozen=True, slots=True)  # shared: _cached_outcome hands out one per value
