@@ -24,6 +24,7 @@ from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
 from babeldesk.web import decode_json_body, read_body, until_disconnect
 
 MAX_STOP = 4
+MAX_SEED = 2**63 - 1
 
 
 class _TextPart(BaseModel):
@@ -61,7 +62,10 @@ class ChatCompletionBody(BaseModel):
     max_completion_tokens: int | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    # numpy's generators take a seed in [0, 2**128); the API promises int64's non-negative
+    # half, and anything else is the client's mistake (a 400, never a 500 that a fleet
+    # would count against the worker)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
