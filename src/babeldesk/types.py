@@ -87,3 +87,42 @@ async def collect(stream: AsyncIterator[TextDelta]) -> Completion:
     if last is None or last.finish_reason is None or last.usage is None:
         raise RuntimeError("stream ended without a final delta")
     return Completion("".join(parts), last.finish_reason, last.usage)
+
+
+class EngineReporter(Protocol):
+    """What the engine reports while it runs; ``telemetry.metrics.EngineMetrics`` turns it
+    into Prometheus metrics. The engine calls it from its thread, under its lock: keep the
+    methods cheap and non-blocking."""
+
+    def queue(self, waiting: int, running: int) -> None:
+        """Sequences waiting for a slot and in the running batch, now."""
+
+    def batch_limit(self, size: int) -> None:
+        """The batch limit in force (lowered after out-of-memory)."""
+
+    def out_of_memory(self) -> None:
+        """A step ran out of memory and the batch was split."""
+
+    def step(self, batch: int, prompt_tokens: int, reused_tokens: int) -> None:
+        """One step ran: its sequences, prompt tokens prefilled, prompt tokens whose KV was
+        kept from an earlier request (not prefilled)."""
+
+    def token(self, *, ttft_s: float | None = None, queue_wait_s: float | None = None,
+              gap_s: float | None = None) -> None:
+        """A token was generated: the sequence's first (with its TTFT and queue wait), or
+        a later one (with the gap since the one before)."""
+
+    def finished(self, reason: str) -> None:
+        """A sequence finished: stop | length | abort | error."""
+
+
+class SilentReporter:
+    """An ``EngineReporter`` that records nothing (an engine nobody watches)."""
+
+    def queue(self, waiting: int, running: int) -> None: ...
+    def batch_limit(self, size: int) -> None: ...
+    def out_of_memory(self) -> None: ...
+    def step(self, batch: int, prompt_tokens: int, reused_tokens: int) -> None: ...
+    def token(self, *, ttft_s: float | None = None, queue_wait_s: float | None = None,
+              gap_s: float | None = None) -> None: ...
+    def finished(self, reason: str) -> None: ...

@@ -10,6 +10,7 @@ import pytest
 from babeldesk.config import EngineConfig
 from babeldesk.engine.loader import load_engine
 from babeldesk.errors import ContextTooLong, QueueFull
+from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, collect
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ def req(q: str, **kw: object) -> ChatRequest:
 def engine(**kw: object):
     cfg = EngineConfig(**{"model": "smollm2-135m", "threads": 1, "max_batch_size": 8,
                           "max_model_len": 512, "max_new_tokens": 64, **kw})  # type: ignore[arg-type]
-    e = load_engine(cfg)
+    e = load_engine(cfg, EngineMetrics(Metrics("engine")))
     e.start()
     return e
 
@@ -131,7 +132,7 @@ def test_out_of_memory_splits_batch_and_answers_everyone_once() -> None:
     e = engine(memory_cap_mb=int(cap_mb))
     try:
         outs = asyncio.run(run_all(e, QUESTIONS * 2))
-        oom = e.metrics.oom_events_total._value.get()
+        oom = e.reporter.metrics.oom_events_total._value.get()
         limit = e.scheduler.effective_max_batch_size
     finally:
         e.shutdown()
@@ -161,7 +162,7 @@ def test_prefix_cache_reuses_the_shared_system_prompt_without_changing_answers()
         e = engine(prefix_cache=on, max_batch_size=2)
         try:
             outs = [asyncio.run(collect(e.stream_chat(chat(q)))) for q in QUESTIONS]
-            reused = e.metrics.prefix_cache_tokens_total._value.get()
+            reused = e.reporter.metrics.prefix_cache_tokens_total._value.get()
             held = [len(h) for h in e.backend._held]
         finally:
             e.shutdown()

@@ -25,8 +25,9 @@ from babeldesk.engine.sampling import sample
 from babeldesk.engine.scheduler import Scheduler
 from babeldesk.engine.sequence import Sequence
 from babeldesk.errors import ContextTooLong, InvalidRequest, OutOfMemory, Unavailable
-from babeldesk.telemetry.metrics import Metrics
-from babeldesk.types import ChatMessage, ChatRequest, TextDelta, Usage
+from babeldesk.types import (
+    ChatMessage, ChatRequest, EngineReporter, SilentReporter, TextDelta, Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,11 @@ class RequestStream:
 class Engine:
     """Satisfies ``ChatModel``: ``stream_chat(request)`` yields ``TextDelta``s."""
 
-    def __init__(self, backend: Backend, config: EngineConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, backend: Backend, config: EngineConfig,
+                 reporter: EngineReporter | None = None) -> None:
         self.backend = backend
         self.config = config
-        self.metrics = metrics or Metrics("engine")
+        self.reporter: EngineReporter = reporter or SilentReporter()
         prefix = backend.cached_prefix if backend.supports_prefix_cache and config.prefix_cache \
             else None
         self.scheduler = Scheduler(config.max_batch_size, config.max_queue, config.prefill_budget,
@@ -88,8 +90,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._ids = itertools.count()
         self._cap_bytes = config.memory_cap_mb * 1024 * 1024
-        self._reused = 0  # scheduler.reused_tokens already counted in the metric
-        self.metrics.effective_max_batch_size.set(config.max_batch_size)
+        self._reused = 0  # scheduler.reused_tokens already reported
+        self.reporter.batch_limit(config.max_batch_size)
 
     @property
     def model_name(self) -> str:
@@ -170,7 +172,7 @@ class Engine:
         )
         with self._cv:
             self.scheduler.add(seq)  # raises QueueFull
-            self.metrics.queue_depth.set(len(self.scheduler.waiting))
+            self._observe_queue()
             self._cv.notify()
         return RequestStream(self, seq, queue)
 
@@ -210,8 +212,7 @@ class Engine:
             self._finish(seq, "abort")
 
     def _observe_queue(self) -> None:
-        self.metrics.queue_depth.set(len(self.scheduler.waiting))
-        self.metrics.running_sequences.set(len(self.scheduler.running))
+        self.reporter.queue(len(self.scheduler.waiting), len(self.scheduler.running))
 
     def _fits(self, step: StepInput) -> bool:
         """CPU memory cap: KV of every running sequence after this step + weights."""
@@ -230,25 +231,24 @@ class Engine:
                 break
             except OutOfMemory as exc:
                 with self._cv:
-                    self.metrics.oom_events_total.inc()
+                    self.reporter.out_of_memory()
                     if len(self.scheduler.running) <= 1:
                         for seq in list(self.scheduler.running):
                             self._finish(seq, "error", error=f"out of memory: {exc.message}")
                         return
                     for slot in self.scheduler.preempt_half():
                         self.backend.release(slot)
-                    self.metrics.effective_max_batch_size.set(self.scheduler.effective_max_batch_size)
+                    self.reporter.batch_limit(self.scheduler.effective_max_batch_size)
                     log.warning("out of memory: batch limit lowered to %d",
                                 self.scheduler.effective_max_batch_size)
                     step = self.scheduler.schedule()
                 if not step.slots:
                     return
         now = time.monotonic()
-        self.metrics.batch_size.observe(len(step.slots))
         with self._cv:
             self.scheduler.committed(step)
-            self.metrics.prompt_tokens_total.inc(sum(len(c.tokens) for c in step.prefill))
-            self.metrics.prefix_cache_tokens_total.inc(self.scheduler.reused_tokens - self._reused)
+            self.reporter.step(len(step.slots), sum(len(c.tokens) for c in step.prefill),
+                               self.scheduler.reused_tokens - self._reused)
             self._reused = self.scheduler.reused_tokens
             by_slot = {s.slot: s for s in self.scheduler.running}
             for slot, row in logits.items():
@@ -259,14 +259,13 @@ class Engine:
 
     def _advance(self, seq: Sequence, token: int, now: float) -> None:
         seq.output_ids.append(token)
-        self.metrics.tokens_generated_total.inc()
         if seq.first_token_at is None:
             seq.first_token_at = now
-            self.metrics.time_to_first_token_seconds.observe(now - seq.arrival)
-            if seq.admitted_at is not None:
-                self.metrics.queue_wait_seconds.observe(seq.admitted_at - seq.arrival)
-        elif seq.last_token_at is not None:
-            self.metrics.inter_token_latency_seconds.observe(now - seq.last_token_at)
+            self.reporter.token(ttft_s=now - seq.arrival, queue_wait_s=None
+                                if seq.admitted_at is None else seq.admitted_at - seq.arrival)
+        else:
+            self.reporter.token(gap_s=None if seq.last_token_at is None
+                                else now - seq.last_token_at)
         seq.last_token_at = now
         if token in self.backend.eos_token_ids:
             self._finish(seq, "stop")
@@ -299,7 +298,7 @@ class Engine:
         if flush and reason in ("stop", "length"):
             tail = seq.stop.push(seq.decoder.flush()) + seq.stop.flush()
         seq.finish_reason = reason  # type: ignore[assignment]
-        self.metrics.engine_requests_total.labels(reason).inc()
+        self.reporter.finished(reason)
         self._observe_queue()
         seq.emit(TextDelta(
             tail, finish_reason=seq.finish_reason,

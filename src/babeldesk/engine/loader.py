@@ -6,7 +6,7 @@ from babeldesk.config import Backend, EngineConfig
 from babeldesk.engine.backends.base import Backend as BackendImpl
 from babeldesk.engine.llm_engine import Engine
 from babeldesk.engine.models import resolve_model
-from babeldesk.telemetry.metrics import Metrics
+from babeldesk.types import EngineReporter
 
 
 def load_backend(config: EngineConfig) -> BackendImpl:
@@ -20,6 +20,7 @@ def load_backend(config: EngineConfig) -> BackendImpl:
     return TransformersBackend(source, config)
 
 
-def load_engine(config: EngineConfig, metrics: Metrics | None = None) -> Engine:
-    """Load the model; the caller starts the engine thread (``engine.start()``)."""
-    return Engine(load_backend(config), config, metrics)
+def load_engine(config: EngineConfig, reporter: EngineReporter | None = None) -> Engine:
+    """Load the model; the caller starts the engine thread (``engine.start()``). What the
+    engine reports goes to ``reporter`` (e.g. ``telemetry.metrics.EngineMetrics``)."""
+    return Engine(load_backend(config), config, reporter)

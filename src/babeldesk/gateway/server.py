@@ -30,7 +30,7 @@ from babeldesk.support.language import LanguageDetector
 from babeldesk.support.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
-from babeldesk.telemetry.metrics import Metrics
+from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.types import ChatModel
 from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap, unavailable_until_mounted
 
@@ -140,7 +140,7 @@ def _logging(config: Config) -> None:
 def run_serve(config: Config) -> int:
     """Gateway + in-process engine in one process."""
     from babeldesk.engine.loader import load_engine
-    from babeldesk.engine.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
+    from babeldesk.worker.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
 
     _logging(config)
     metrics = Metrics("gateway")
@@ -151,7 +151,7 @@ def run_serve(config: Config) -> int:
 
     def load() -> None:
         try:
-            engine = load_engine(config.engine, metrics)
+            engine = load_engine(config.engine, EngineMetrics(metrics))
             engine.start()
             holder["engine"] = engine
             state.pipeline = build_pipeline(config, metrics, engine)

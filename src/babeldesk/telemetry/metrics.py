@@ -120,3 +120,41 @@ class Metrics:
     def render(self) -> bytes:
         """Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+class EngineMetrics:
+    """``types.EngineReporter`` over ``Metrics``: what the engine reports becomes the
+    engine's Prometheus metrics (the engine never imports telemetry)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def queue(self, waiting: int, running: int) -> None:
+        self.metrics.queue_depth.set(waiting)
+        self.metrics.running_sequences.set(running)
+
+    def batch_limit(self, size: int) -> None:
+        self.metrics.effective_max_batch_size.set(size)
+
+    def out_of_memory(self) -> None:
+        self.metrics.oom_events_total.inc()
+
+    def step(self, batch: int, prompt_tokens: int, reused_tokens: int) -> None:
+        m = self.metrics
+        m.batch_size.observe(batch)
+        m.prompt_tokens_total.inc(prompt_tokens)
+        m.prefix_cache_tokens_total.inc(reused_tokens)
+
+    def token(self, *, ttft_s: float | None = None, queue_wait_s: float | None = None,
+              gap_s: float | None = None) -> None:
+        m = self.metrics
+        m.tokens_generated_total.inc()
+        if ttft_s is not None:
+            m.time_to_first_token_seconds.observe(ttft_s)
+        if queue_wait_s is not None:
+            m.queue_wait_seconds.observe(queue_wait_s)
+        if gap_s is not None:
+            m.inter_token_latency_seconds.observe(gap_s)
+
+    def finished(self, reason: str) -> None:
+        self.metrics.engine_requests_total.labels(reason).inc()

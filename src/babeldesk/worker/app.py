@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from babeldesk.config import Config
 from babeldesk.engine.llm_engine import Engine
-from babeldesk.engine.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
+from babeldesk.worker.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
 from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics

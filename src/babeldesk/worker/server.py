@@ -15,7 +15,7 @@ import uvicorn
 from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
 from babeldesk.telemetry.gpu import start_gpu_sampler
-from babeldesk.telemetry.metrics import Metrics
+from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
 
@@ -30,7 +30,7 @@ def run_worker(config: Config) -> int:
 
     def _load() -> None:
         try:
-            engine = load_engine(config.engine, metrics)
+            engine = load_engine(config.engine, EngineMetrics(metrics))
             engine.start()
             mount_engine(app, state, engine)
             state.engine = engine
