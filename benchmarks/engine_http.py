@@ -9,7 +9,6 @@ streamed chat completions; TTFT is the first non-empty content delta, end-to-end
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import threading
@@ -22,6 +21,8 @@ import httpx
 import psutil
 
 import engine_workload as wl
+
+from babeldesk.sse import SseLines, parse_chunk
 
 RUN_DEADLINE_S = 3600.0  # one run never takes longer; unfinished requests count as errors
 
@@ -106,14 +107,8 @@ def engine_means(metrics_text: str) -> dict[str, float]:
     return out
 
 
-def parse_sse_line(line: str) -> dict[str, Any] | None:
-    """One ``data: {...}`` line of an OpenAI stream -> the chunk; None for others and [DONE]."""
-    if not line.startswith("data:"):
-        return None
-    payload = line[5:].strip()
-    if not payload or payload == "[DONE]":
-        return None
-    return json.loads(payload)
+class StreamError(Exception):
+    """The server ended the stream with an error event (or sent an unreadable chunk)."""
 
 
 @dataclass
@@ -142,20 +137,22 @@ async def one_request(client: httpx.AsyncClient, target: HttpTarget, req: wl.Ben
             if resp.status_code != 200:
                 rec["error"] = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return rec
+            sse = SseLines()
             async for line in resp.aiter_lines():
-                chunk = parse_sse_line(line)
-                if chunk is None:
+                event = sse.feed(line)
+                if event is None:
                     continue
-                if chunk.get("usage"):
-                    rec["completion_tokens"] = chunk["usage"]["completion_tokens"]
-                for choice in chunk.get("choices") or ():
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        if rec["ttft_s"] is None:
-                            rec["ttft_s"] = time.monotonic() - state.start - arrival
-                        parts.append(piece)
+                chunk = parse_chunk(event.data)
+                if chunk.error is not None:
+                    raise StreamError(chunk.error)
+                if chunk.usage is not None:
+                    rec["completion_tokens"] = chunk.usage.completion_tokens
+                if chunk.text:
+                    if rec["ttft_s"] is None:
+                        rec["ttft_s"] = time.monotonic() - state.start - arrival
+                    parts.append(chunk.text)
         rec["e2e_s"] = time.monotonic() - state.start - arrival
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+    except (httpx.HTTPError, StreamError) as exc:
         rec["error"] = f"{type(exc).__name__}: {exc}"
     rec["text"] = "".join(parts)
     if rec["ttft_s"] is None and rec["e2e_s"] is not None:

@@ -1,4 +1,4 @@
-"""Load generator: SSE and OpenAI chunk parsing, Poisson arrivals, SLO judging and search,
+"""Load generator (its SSE parsing is babeldesk.sse, tests/test_sse.py): Poisson arrivals, SLO judging and search,
 and the real HTTP client against a port where nothing listens."""
 
 from __future__ import annotations
@@ -17,39 +17,17 @@ from babeldesk.bench.loadgen import (
     RequestResult,
     RunResult,
     Slo,
-    SseLines,
     TargetConfig,
     TargetKind,
     Trial,
     judge,
     make_target,
-    openai_chunk,
     poisson_offsets,
     run_load,
     slo_search,
 )
 from babeldesk.bench.workload import WorkItem
 from babeldesk.errors import ConfigError
-
-
-def test_sse_lines_rebuild_events() -> None:
-    sse = SseLines()
-    lines = ["event: delta", 'data: {"text": "Ho"}', "", ": keep-alive", "",
-             "data: a", "data: b", "", "event: done", "data: {}"]
-    events = [e for line in lines if (e := sse.feed(line)) is not None]
-    assert [(e.event, e.data) for e in events] == [("delta", '{"text": "Ho"}'), ("message", "a\nb")]
-    last = sse.close()
-    assert last is not None and (last.event, last.data) == ("done", "{}")
-
-
-def test_openai_chunks() -> None:
-    chunk = '{"choices": [{"delta": {"content": "Hi"}, "finish_reason": null}]}'
-    assert openai_chunk(chunk) == ("Hi", None, None, False)
-    usage = '{"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12}}'
-    assert openai_chunk(usage) == ("", 12, None, False)
-    assert openai_chunk("[DONE]") == ("", None, None, True)
-    assert openai_chunk('{"error": {"message": "boom"}}')[2] == "boom"
-    assert openai_chunk("{oops")[2] is not None
 
 
 def test_poisson_arrivals_have_the_rate() -> None:

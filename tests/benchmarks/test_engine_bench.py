@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import engine_http  # noqa: E402
 import engine_report  # noqa: E402
 import engine_workload  # noqa: E402
 
@@ -27,13 +26,6 @@ def test_workload_is_fixed_and_multilingual() -> None:
     a = engine_workload.poisson_arrivals(500, 2.0)
     assert a == sorted(a) and a == engine_workload.poisson_arrivals(500, 2.0)
     assert 200 < a[-1] < 300  # 500 arrivals at 2/s: about 250 s
-
-
-def test_sse_line_parsing() -> None:
-    chunk = engine_http.parse_sse_line('data: {"choices": [{"delta": {"content": "你"}}]}')
-    assert chunk == {"choices": [{"delta": {"content": "你"}}]}
-    assert engine_http.parse_sse_line("data: [DONE]") is None
-    assert engine_http.parse_sse_line(": ping") is None
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from faulty_server import FaultyServer
 from babeldesk.config import FleetConfig, RoutingPolicy, UpstreamConfig
 from babeldesk.errors import Unavailable
 from babeldesk.fleet import BreakerState, Fleet, FleetChatModel
-from babeldesk.fleet.sse import EventSplitter, event_data, parse_chunk
+from babeldesk.sse import EventSplitter, event_data, parse_chunk
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatMessage, ChatRequest, collect
 

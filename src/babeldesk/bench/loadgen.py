@@ -32,6 +32,7 @@ import numpy as np
 
 from babeldesk.bench.workload import WorkItem
 from babeldesk.errors import ConfigError
+from babeldesk.sse import SseLines, parse_chunk
 
 
 class TargetKind(str, enum.Enum):
@@ -116,68 +117,6 @@ class RunResult:
     offered_rps: float | None = None  # open loop: the target rate
     concurrency: int | None = None  # closed loop
     items: list[WorkItem] = field(default_factory=list)  # what was sent, by result index
-
-
-# --- server-sent events (pure) -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SseEvent:
-    event: str  # "message" when the server named none
-    data: str
-
-
-class SseLines:
-    """Feed the lines of an SSE body (without newlines); get whole events back."""
-
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> SseEvent | None:
-        if line == "":
-            if not self._data:
-                self._event = ""
-                return None
-            ev = SseEvent(self._event or "message", "\n".join(self._data))
-            self._event, self._data = "", []
-            return ev
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        return None
-
-    def close(self) -> SseEvent | None:
-        return self.feed("")
-
-
-def openai_chunk(data: str) -> tuple[str, int | None, str | None, bool]:
-    """One OpenAI stream ``data:`` payload -> (text, completion tokens from usage or None,
-    error message or None, is the ``[DONE]`` sentinel)."""
-    if data.strip() == "[DONE]":
-        return "", None, None, True
-    try:
-        obj: Any = json.loads(data)
-    except ValueError:
-        return "", None, f"unparseable chunk {data[:60]!r}", False
-    if not isinstance(obj, dict):
-        return "", None, "chunk is not an object", False
-    if obj.get("error"):
-        err = obj["error"]
-        return "", None, str(err.get("message", err) if isinstance(err, dict) else err), False
-    tokens = None
-    if isinstance(obj.get("usage"), dict):
-        tokens = int(obj["usage"].get("completion_tokens") or 0)
-    text = ""
-    choices = obj.get("choices") or []
-    if choices and isinstance(choices[0], dict):
-        text = (choices[0].get("delta") or {}).get("content") or ""
-    return text, tokens, None, False
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -314,7 +253,9 @@ class OpenAITarget(Target):
                 ev = sse.feed(line)
                 if ev is None:
                     continue
-                text, tokens, error, is_done = openai_chunk(ev.data)
+                chunk = parse_chunk(ev.data)
+                text, error, is_done = chunk.text, chunk.error, chunk.done
+                tokens = chunk.usage.completion_tokens if chunk.usage else None
                 now = time.perf_counter()
                 if error is not None:
                     result.status, result.error = "stream_error", error

@@ -46,7 +46,7 @@ from babeldesk.fleet.http import ConnectError, HTTPClient, HTTPError, Response, 
 from babeldesk.fleet.pool import Pool, Target, Upstream
 from babeldesk.fleet.retry import RetryBudget
 from babeldesk.fleet.routing import make_router
-from babeldesk.fleet.sse import Chunk, EventSplitter, error_event, event_data, parse_chunk
+from babeldesk.sse import Chunk, EventSplitter, error_event, event_data, parse_chunk
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatRequest, TextDelta, Usage
 

@@ -1,10 +1,12 @@
-"""Pure SSE parsing: event splitting, chunk reading, the error event."""
+"""The one SSE parser: event splitting, field rules, chunk reading, the error event."""
 
 from __future__ import annotations
 
 import json
 
-from babeldesk.fleet.sse import EventSplitter, error_event, event_data, parse_chunk
+from babeldesk.sse import (
+    Chunk, EventSplitter, SseEvent, SseLines, error_event, event_data, parse_chunk, parse_event,
+)
 from babeldesk.types import Usage
 
 STREAM = (
@@ -55,3 +57,29 @@ def test_errors() -> None:
 
 def test_multiline_data_is_joined() -> None:
     assert event_data(b"event: x\ndata: a\ndata:b\n\n") == "a\nb"
+
+
+def test_sse_lines_rebuild_events() -> None:
+    sse = SseLines()
+    lines = ["event: delta", 'data: {"text": "Ho"}', "", ": keep-alive", "",
+             "data: a", "data: b", "", "event: done", "data: {}"]
+    events = [e for line in lines if (e := sse.feed(line)) is not None]
+    assert [(e.event, e.data) for e in events] == [("delta", '{"text": "Ho"}'), ("message", "a\nb")]
+    last = sse.close()
+    assert last is not None and (last.event, last.data) == ("done", "{}")
+
+
+def test_openai_chunks() -> None:
+    chunk = '{"choices": [{"delta": {"content": "Hi"}, "finish_reason": null}]}'
+    assert parse_chunk(chunk) == Chunk(text="Hi")
+    usage = '{"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12}}'
+    assert parse_chunk(usage) == Chunk(usage=Usage(9, 12))
+    assert parse_chunk("[DONE]") == Chunk(done=True)
+    assert parse_chunk('{"error": {"message": "boom"}}').error == "boom"
+    assert parse_chunk("{oops").error is not None
+
+
+def test_a_whole_event_reads_as_its_lines_do() -> None:
+    raw = b"event: done\r\ndata: {}\r\n\r\n"
+    assert parse_event(raw) == SseEvent("done", "{}")
+    assert parse_event(b": keep-alive\n\n") is None

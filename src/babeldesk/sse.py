@@ -1,5 +1,11 @@
-"""Pure functions for the OpenAI server-sent-events stream: split bytes into events, read
-a chunk, build the error event that ends a broken stream. No I/O; tested without a network.
+"""The one server-sent-events parser (the fleet client, the load generator and the
+benchmarks all read streams with it): split bytes into events, read an event's fields,
+read an OpenAI chunk, build the error event that ends a broken stream. Pure; no I/O.
+Part of core (imports nothing of the package), so every part may use it.
+
+Field rules (WHATWG HTML, "event stream interpretation"): a line starting with ``:`` is a
+comment; ``name: value`` with one optional space after the colon; ``data`` lines of one
+event are joined with ``\n``; an event without ``data`` is not dispatched.
 
 Wire format: events separated by a blank line, each ``data: <json>``; the last is
 ``data: [DONE]``. A mid-stream error is ``data: {"error": {...}}``, which the OpenAI SDK
@@ -41,14 +47,55 @@ class EventSplitter:
         return self._buf
 
 
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    event: str  # "message" when the server named none
+    data: str
+
+
+class SseLines:
+    """Feed the lines of an SSE body (without newlines); get whole events back."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SseEvent | None:
+        if line == "":
+            if not self._data:
+                self._event = ""
+                return None
+            ev = SseEvent(self._event or "message", "\n".join(self._data))
+            self._event, self._data = "", []
+            return ev
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+    def close(self) -> SseEvent | None:
+        """The event the body ended in without a blank line, if any."""
+        return self.feed("")
+
+
+def parse_event(event: bytes) -> SseEvent | None:
+    """One whole event (as ``EventSplitter`` returns it); None for a comment / keep-alive."""
+    lines = SseLines()
+    for line in event.decode("utf-8", "replace").splitlines():
+        if (ev := lines.feed(line)) is not None:
+            return ev
+    return lines.close()
+
+
 def event_data(event: bytes) -> str | None:
     """The joined ``data:`` lines of one event; None for a comment / keep-alive event."""
-    lines = []
-    for line in event.decode("utf-8", "replace").splitlines():
-        if line.startswith("data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
-    return "\n".join(lines) if lines else None
+    ev = parse_event(event)
+    return None if ev is None else ev.data
 
 
 @dataclass(frozen=True, slots=True)
