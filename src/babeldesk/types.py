@@ -1,11 +1,17 @@
-"""Plain data types passed between parts, and the ``ChatModel`` protocol that
-``support`` calls and both the in-process engine and the fleet client satisfy."""
+"""Plain data types passed between parts, the ``ChatModel`` protocol that ``support``
+calls and both the in-process engine and the fleet client satisfy, the engine's reporting
+interface, and the bench result that ``bench`` writes and ``cost`` and ``autoscale`` read."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import json
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from babeldesk.errors import ConfigError
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -126,3 +132,97 @@ class SilentReporter:
     def token(self, *, ttft_s: float | None = None, queue_wait_s: float | None = None,
               gap_s: float | None = None) -> None: ...
     def finished(self, reason: str) -> None: ...
+
+
+# --- the bench result: `babeldesk bench` writes it, `babeldesk cost` and the autoscaler read it
+
+
+MODEL_SOURCES = ("model", "document")  # support answer sources the model generated
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What the cost model and the autoscaler read of one bench result JSON. Keys may sit
+    under a ``"summary"`` object; others are ignored, so the bench may add more::
+
+        {"achieved_rps": 12.4,          # requests/s completed in the run (required)
+         "slo_rps": 9.8,                # highest requests/s that met the SLO (preferred)
+         "source_shares": {"knowledge_base": 0.62, "cache": 0.10, "model": 0.20,
+                           "document": 0.05, "handoff": 0.03},  # messages by answer source
+         "without_model_share": 0.75,   # or this directly (wins over source_shares)
+         "model": "qwen2.5-0.5b", "device": "NVIDIA L4"}        # labels (optional)
+
+    The model's share is what the GPU fleet carries: answers it generated (``model`` and
+    ``document``); a bench straight against a worker has model share 1."""
+
+    achieved_rps: float  # requests/s completed in the run
+    slo_rps: float | None = None  # highest requests/s that still met the SLO
+    without_model_share: float | None = None  # 0..1 answered without the model; None: not measured
+    source: str = "bench result"
+    model: str = ""
+    device: str = ""
+
+    @property
+    def rps(self) -> float:
+        """The rate to plan with: the SLO rate when measured, else the achieved one."""
+        return self.slo_rps if self.slo_rps is not None else self.achieved_rps
+
+    @property
+    def model_rps(self) -> float:
+        """Model-answered requests/s one replica carried at that rate (its capacity)."""
+        return self.rps * (1.0 - (self.without_model_share or 0.0))
+
+
+def _bench_number(key: str, value: Any, *, rate: bool) -> float:
+    """A JSON number: a rate finite and > 0, a share in [0, 1]; else ``ConfigError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    if rate and value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}")
+    if not rate and not 0 <= value <= 1:
+        raise ConfigError(key, f"must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def parse_bench_result(data: Any, source: str = "bench result") -> BenchResult:
+    """A bench result object (see ``BenchResult``) -> ``BenchResult``; fails naming the key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, "must be a JSON object")
+    body = data.get("summary", data)
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{source}: summary", "must be a JSON object")
+    if "achieved_rps" not in body:
+        raise ConfigError(f"{source}: achieved_rps", "missing")
+    achieved = _bench_number(f"{source}: achieved_rps", body["achieved_rps"], rate=True)
+    slo = body.get("slo_rps")
+    slo_rps = None if slo is None else _bench_number(f"{source}: slo_rps", slo, rate=True)
+    share: float | None = None
+    key = f"{source}: without_model_share"
+    if body.get("without_model_share") is not None:
+        share = _bench_number(key, body["without_model_share"], rate=False)
+    elif body.get("source_shares") is not None:
+        shares = body["source_shares"]
+        if not isinstance(shares, Mapping) or "model" not in shares:
+            raise ConfigError(f"{source}: source_shares", "must map answer sources to shares, "
+                              "including 'model'")
+        generated = sum(_bench_number(f"{source}: source_shares.{k}", shares[k], rate=False)
+                        for k in MODEL_SOURCES if shares.get(k) is not None)
+        key = f"{source}: source_shares.model + document"
+        share = 1.0 - min(generated, 1.0)
+    if share is not None and share >= 1.0:
+        raise ConfigError(key, "no benched request reached the model (model share 0): "
+                          "it says nothing about a replica's capacity")
+    return BenchResult(achieved, slo_rps, share, source, str(body.get("model") or ""),
+                       str(body.get("device") or ""))
+
+
+def load_bench_result(path: str | Path) -> BenchResult:
+    """``parse_bench_result`` of a JSON file; unreadable or invalid JSON fails naming it."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(p), f"cannot read: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), f"invalid JSON: {exc}") from exc
+    return parse_bench_result(data, source=str(p))

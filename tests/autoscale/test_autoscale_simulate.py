@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from babeldesk.autoscale.capacity import load_bench_capacity, parse_bench_capacity
 from babeldesk.autoscale.policy import PolicyConfig, Sample, decide
 from babeldesk.autoscale.profiles import (
     Profile,
@@ -22,6 +21,7 @@ from babeldesk.autoscale.profiles import (
 from babeldesk.autoscale.report import report_table, write_png
 from babeldesk.autoscale.simulate import SimulationConfig, simulate
 from babeldesk.errors import ConfigError
+from babeldesk.types import load_bench_result, parse_bench_result
 
 POLICY = PolicyConfig(capacity_rps=4.0, min_replicas=1, max_replicas=40)
 
@@ -30,18 +30,18 @@ POLICY = PolicyConfig(capacity_rps=4.0, min_replicas=1, max_replicas=40)
 
 
 def test_capacity_prefers_slo_rate() -> None:
-    cap = parse_bench_capacity({"achieved_rps": 12.0, "slo_rps": 9.5, "model": "m"})
-    assert cap.capacity_rps == 9.5 and cap.model == "m"
-    assert parse_bench_capacity({"summary": {"achieved_rps": 3}}).capacity_rps == 3.0
+    cap = parse_bench_result({"achieved_rps": 12.0, "slo_rps": 9.5, "model": "m"})
+    assert cap.model_rps == 9.5 and cap.model == "m"
+    assert parse_bench_result({"summary": {"achieved_rps": 3}}).model_rps == 3.0
 
 
 def test_capacity_counts_model_requests_of_a_mixed_bench() -> None:
     # a bench through a gateway: 75% answered from the knowledge base / cache
-    cap = parse_bench_capacity({"achieved_rps": 40.0, "without_model_share": 0.75})
-    assert cap.capacity_rps == pytest.approx(10.0)
-    cap = parse_bench_capacity({"summary": {"achieved_rps": 40.0, "slo_rps": 20.0,
+    cap = parse_bench_result({"achieved_rps": 40.0, "without_model_share": 0.75})
+    assert cap.model_rps == pytest.approx(10.0)
+    cap = parse_bench_result({"summary": {"achieved_rps": 40.0, "slo_rps": 20.0,
                                             "source_shares": {"model": 0.5, "cache": 0.5}}})
-    assert cap.capacity_rps == pytest.approx(10.0)
+    assert cap.model_rps == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("data,key", [
@@ -56,17 +56,17 @@ def test_capacity_counts_model_requests_of_a_mixed_bench() -> None:
 ])
 def test_capacity_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        parse_bench_capacity(data)
+        parse_bench_result(data)
     assert key in err.value.message
 
 
 def test_capacity_from_file(tmp_path: Path) -> None:
     f = tmp_path / "bench.json"
     f.write_text(json.dumps({"achieved_rps": 7.25, "extra": {"ignored": True}}))
-    assert load_bench_capacity(f).capacity_rps == 7.25
+    assert load_bench_result(f).model_rps == 7.25
     f.write_text("{not json")
     with pytest.raises(ConfigError):
-        load_bench_capacity(f)
+        load_bench_result(f)
 
 
 # --- traces ------------------------------------------------------------------------------

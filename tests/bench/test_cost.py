@@ -15,7 +15,6 @@ import yaml
 
 from babeldesk.bench.cost import (
     DAYS_PER_MONTH,
-    BenchSummary,
     Fleet,
     Plan,
     Traffic,
@@ -23,10 +22,10 @@ from babeldesk.bench.cost import (
     estimate,
     estimate_row,
     fleet_from_bench,
-    parse_bench_summary,
     parse_fleet_spec,
 )
 from babeldesk.errors import ConfigError
+from babeldesk.types import BenchResult, parse_bench_result
 
 BIN = Path(sys.executable).parent / "babeldesk"
 
@@ -117,15 +116,15 @@ def test_without_a_share_only_no_kb_rows() -> None:
     assert {r.kb_share for r in report.rows} == {0.0} and len(report.rows) == 2
 
 
-def test_parse_bench_summary() -> None:
-    b = parse_bench_summary({"summary": {"achieved_rps": 12.0, "slo_rps": 8.0,
+def test_parse_bench_result() -> None:
+    b = parse_bench_result({"summary": {"achieved_rps": 12.0, "slo_rps": 8.0,
                                          "source_shares": {"knowledge_base": 0.6, "cache": 0.1,
                                                            "model": 0.25, "handoff": 0.05}}})
     assert b.rps == 8.0 and b.without_model_share == pytest.approx(0.75)
     assert b.model_rps == pytest.approx(2.0)
-    only = parse_bench_summary({"achieved_rps": 3, "without_model_share": 0.5})
+    only = parse_bench_result({"achieved_rps": 3, "without_model_share": 0.5})
     assert only.rps == 3 and only.model_rps == pytest.approx(1.5)
-    assert parse_bench_summary({"achieved_rps": 3}).model_rps == 3  # against a worker
+    assert parse_bench_result({"achieved_rps": 3}).model_rps == 3  # against a worker
     for bad, key in [({}, "achieved_rps"), ({"achieved_rps": 0}, "achieved_rps"),
                      ({"achieved_rps": True}, "achieved_rps"),
                      ({"achieved_rps": 1, "slo_rps": "fast"}, "slo_rps"),
@@ -133,12 +132,12 @@ def test_parse_bench_summary() -> None:
                      ({"achieved_rps": 1, "without_model_share": 1}, "without_model_share"),
                      ([], "bench result")]:
         with pytest.raises(ConfigError) as err:
-            parse_bench_summary(bad)
+            parse_bench_result(bad)
         assert key in err.value.key
 
 
 def test_fleet_from_bench_uses_model_requests() -> None:
-    b = BenchSummary(achieved_rps=12, slo_rps=8, without_model_share=0.75, source="run.json")
+    b = BenchResult(achieved_rps=12, slo_rps=8, without_model_share=0.75, source="run.json")
     f = fleet_from_bench("cpu", 0.2, b)
     assert f.capacity_rps == pytest.approx(2.0)
     assert "run.json" in f.capacity_source and "slo_rps 8" in f.capacity_source

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from babeldesk.autoscale.capacity import parse_bench_capacity
-from babeldesk.bench.cost import parse_bench_summary
 from babeldesk.bench.loadgen import LoadMode, RequestResult, RunResult, Slo, Trial
 from babeldesk.bench.report import (
     bench_document,
@@ -20,6 +18,7 @@ from babeldesk.bench.report import (
     write_json,
 )
 from babeldesk.bench.workload import WorkItem
+from babeldesk.types import parse_bench_result
 
 
 def _ok(latency_ms: float, source: str, *, gaps: tuple[float, ...] = (),
@@ -65,11 +64,10 @@ def test_json_feeds_cost_and_autoscale(tmp_path: Path) -> None:
     import json
 
     data = json.loads(path.read_text())
-    cost = parse_bench_summary(data)
-    assert cost.slo_rps == 2.0 and cost.achieved_rps == pytest.approx(5.0)
-    assert cost.without_model_share == pytest.approx(0.9)
-    cap = parse_bench_capacity(data)
-    assert cap.capacity_rps == pytest.approx(2.0 * 0.1)
+    result = parse_bench_result(data)  # what cost and the autoscaler read
+    assert result.slo_rps == 2.0 and result.achieved_rps == pytest.approx(5.0)
+    assert result.without_model_share == pytest.approx(0.9)
+    assert result.model_rps == pytest.approx(2.0 * 0.1)
     assert data["environment"]["loadavg"] and data["trials"][1]["met"] is False
     assert data["summary"]["slo_search_open"] is False  # bracketed by a failing trial
     assert data["summary"]["under_100ms_by_language"] == {"en": 0.8}

@@ -7,14 +7,8 @@ Inputs are a daily traffic profile, a price per replica-hour and a capacity per 
 given directly or read from a ``babeldesk bench`` result. Everything is pure and every
 assumption the numbers rest on is listed in ``CostReport.assumptions``.
 
-Bench result JSON (keys under an optional ``"summary"`` object; others are ignored; the
-same rate keys the autoscaler reads)::
-
-    {"achieved_rps": 12.4,          # requests/s completed in the run (required)
-     "slo_rps": 9.8,                # highest requests/s that met the SLO (preferred)
-     "source_shares": {"knowledge_base": 0.62, "cache": 0.10, "model": 0.25,
-                       "handoff": 0.03},     # share of messages by answer source
-     "without_model_share": 0.75}   # or this directly (wins over source_shares)
+Bench results are read with ``babeldesk.types.parse_bench_result`` (the autoscaler reads
+them with the same function; the keys are described there).
 
 ``capacity_rps`` of a fleet is always *model-answered* requests/s per replica at the SLO.
 A bench of a mixed workload (with knowledge-base hits) carried ``rps * model_share`` model
@@ -31,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from babeldesk.errors import ConfigError
+from babeldesk.types import BenchResult, load_bench_result
 
 HOURS_PER_DAY = 24.0
 DAYS_PER_MONTH = 365.25 / 12  # 30.4375, the average month
@@ -53,73 +48,6 @@ def _number(key: str, value: Any, *, low: float | None = None, high: float | Non
     if high is not None and (x > high or (high_open and x == high)):
         raise ConfigError(key, f"must be {'<' if high_open else '<='} {high:g}, got {x:g}")
     return x
-
-
-# --- bench results ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchSummary:
-    """What the cost model reads from one bench result."""
-
-    achieved_rps: float  # requests/s completed in the run
-    slo_rps: float | None = None  # highest requests/s that still met the SLO
-    without_model_share: float | None = None  # 0..1 of messages answered without the model
-    source: str = "bench result"
-
-    @property
-    def rps(self) -> float:
-        """The rate to plan with: the SLO rate when measured, else the achieved one."""
-        return self.slo_rps if self.slo_rps is not None else self.achieved_rps
-
-    @property
-    def model_rps(self) -> float:
-        """Model-answered requests/s one replica carried at that rate."""
-        return self.rps * (1.0 - (self.without_model_share or 0.0))
-
-
-def parse_bench_summary(data: Any, source: str = "bench result") -> BenchSummary:
-    """A bench result object (see module doc) -> ``BenchSummary``; fails naming the key."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(source, "must be a JSON object")
-    body = data.get("summary", data)
-    if not isinstance(body, Mapping):
-        raise ConfigError(f"{source}: summary", "must be a JSON object")
-    if "achieved_rps" not in body:
-        raise ConfigError(f"{source}: achieved_rps", "missing")
-    achieved = _number(f"{source}: achieved_rps", body["achieved_rps"], low=0, low_open=True)
-    slo = body.get("slo_rps")
-    slo_rps = None if slo is None else _number(f"{source}: slo_rps", slo, low=0, low_open=True)
-    share: float | None = None
-    if body.get("without_model_share") is not None:
-        share = _number(f"{source}: without_model_share", body["without_model_share"],
-                        low=0, high=1, high_open=True)
-    elif body.get("source_shares") is not None:
-        shares = body["source_shares"]
-        if not isinstance(shares, Mapping) or "model" not in shares:
-            raise ConfigError(f"{source}: source_shares", "must map answer sources to shares, "
-                              "including 'model'")
-        # answers the model generated: free answers and answers from help-center documents
-        generated = sum(float(shares.get(k) or 0) for k in MODEL_SOURCES
-                        if isinstance(shares.get(k), int | float))
-        model = _number(f"{source}: source_shares.model + document", generated, low=0,
-                        high=1, low_open=True)
-        share = 1.0 - model
-    return BenchSummary(achieved, slo_rps, share, source)
-
-
-MODEL_SOURCES = ("model", "document")  # support answer sources the model generated
-
-
-def load_bench_summary(path: str | Path) -> BenchSummary:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(p), f"cannot read: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(str(p), f"invalid JSON: {exc}") from exc
-    return parse_bench_summary(data, source=str(p))
 
 
 # --- inputs -----------------------------------------------------------------------------
@@ -188,7 +116,7 @@ class Fleet:
         _number(f"fleet {self.name}: capacity_rps", self.capacity_rps, low=0, low_open=True)
 
 
-def fleet_from_bench(name: str, price_per_hour: float, bench: BenchSummary) -> Fleet:
+def fleet_from_bench(name: str, price_per_hour: float, bench: BenchResult) -> Fleet:
     rate = "slo_rps" if bench.slo_rps is not None else "achieved_rps (no SLO search in run)"
     share = bench.without_model_share or 0.0
     how = f"{bench.source}: {rate} {bench.rps:g}"
@@ -234,7 +162,7 @@ def fleet_from_mapping(name: str, data: Mapping[str, Any], key: str = "fleets",
         path = Path(str(bench))
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
-        return fleet_from_bench(name, price_f, load_bench_summary(path))
+        return fleet_from_bench(name, price_f, load_bench_result(path))
     return Fleet(name, price_f, _number(f"{key} {name}: rps", rps, low=0, low_open=True),
                  "given on the command line" if key == "--fleet" else f"given in {key}")
 

@@ -39,9 +39,9 @@ def _policy_config(capacity_rps: Optional[float], bench: Optional[Path], min_rep
                    max_sample_gap_s: float, scale_up_cooldown_s: float,
                    scale_down_cooldown_s: float, offpeak_start: str, offpeak_end: str,
                    timezone: str) -> PolicyConfig:
-    from babeldesk.autoscale.capacity import load_bench_capacity
     from babeldesk.autoscale.policy import PolicyConfig
     from babeldesk.errors import ConfigError
+    from babeldesk.types import load_bench_result
 
     if (capacity_rps is None) == (bench is None):
         raise ConfigError("capacity", "give exactly one of --capacity-rps and --bench")
@@ -49,7 +49,7 @@ def _policy_config(capacity_rps: Optional[float], bench: Optional[Path], min_rep
         capacity = capacity_rps
     else:
         assert bench is not None  # exactly one of the two, checked above
-        capacity = load_bench_capacity(bench).capacity_rps
+        capacity = load_bench_result(bench).model_rps
     return PolicyConfig(
         capacity_rps=capacity, min_replicas=min_replicas, max_replicas=max_replicas,
         target_utilization=target_utilization, sustain_s=sustain_s,
