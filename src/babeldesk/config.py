@@ -207,6 +207,9 @@ class FleetConfig:
     retry_deadline_s: float = 120.0  # total seconds to get a first byte, all tries
     retry_budget_ratio: float = 0.2  # retries in flight <= this share of requests in flight
     retry_budget_min: int = 3  # retries in flight always allowed
+    # while more than this share of upstreams is healthy (in rotation, breaker closed, last
+    # call ok), a retry is granted whatever the budget says; >= 1: the budget always rules
+    retry_budget_healthy_share: float = 0.5
     max_connections: int = 256  # per fleet client, all upstreams together
     # idle keep-alive connections kept, all upstreams together (at most max_connections)
     max_keepalive: int = 256
@@ -218,7 +221,7 @@ class FleetConfig:
                     "retry_deadline_s"):
             _check(f"fleet.{key}", getattr(self, key) > 0, "must be > 0")
         for key in ("dns_refresh_s", "health_interval_s", "retry_budget_ratio",
-                    "retry_budget_min"):
+                    "retry_budget_min", "retry_budget_healthy_share"):
             _check(f"fleet.{key}", getattr(self, key) >= 0, "must be >= 0")
         _check("fleet.health_jitter", 0 <= self.health_jitter < 1, "must be in [0, 1)")
         _check("fleet.health_path", self.health_path.startswith("/"), "must start with /")

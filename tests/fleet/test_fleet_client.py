@@ -336,3 +336,34 @@ async def _eventually(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-un
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+async def test_a_broken_upstream_is_retried_past_an_empty_budget(servers, make_fleet) -> None:
+    """One upstream of three fails everything: its requests go to the others even with no
+    budget at all (ratio 0, floor 0), since most of the fleet is healthy."""
+    servers[0].mode = "error500"
+    fleet = await make_fleet(config(servers, retry_budget_min=0, retry_budget_ratio=0,
+                                    breaker_failures=1000))
+    replies = await asyncio.gather(*(fleet.request(CHAT) for _ in range(12)))
+    assert [r.status for r in replies] == [200] * 12
+    assert servers[0].chat_requests >= 4  # round robin sent it its share first
+    snap = fleet.admin_snapshot()["retry_budget"]
+    assert snap["forced_total"] == servers[0].chat_requests and snap["denied_total"] == 0
+
+
+async def test_the_budget_holds_when_most_of_the_fleet_fails(servers, make_fleet) -> None:
+    servers[0].mode = servers[1].mode = "error500"
+    fleet = await make_fleet(config(servers, retry_budget_min=0, retry_budget_ratio=0,
+                                    breaker_failures=1000))
+    statuses = [(await fleet.request(CHAT)).status for _ in range(9)]
+    snap = fleet.admin_snapshot()["retry_budget"]
+    # once both failing upstreams have failed a call, a retry is the budget's to grant
+    assert statuses.count(500) >= 4 and snap["denied_total"] >= 4, (statuses, snap)
+    assert snap["forced_total"] <= 2, snap
+
+
+async def test_429s_are_always_budgeted(servers, make_fleet) -> None:
+    servers[0].mode = "error429"
+    fleet = await make_fleet(config(servers, retry_budget_min=0, retry_budget_ratio=0))
+    statuses = [(await fleet.request(CHAT)).status for _ in range(3)]
+    assert statuses.count(429) == 1 and fleet.admin_snapshot()["retry_budget"]["forced_total"] == 0

@@ -19,3 +19,10 @@ def test_floor_then_share_of_requests_in_flight() -> None:
 def test_zero_floor_and_ratio_means_no_retries() -> None:
     b = RetryBudget(ratio=0.0, minimum=0)
     assert not b.try_retry(requests_in_flight=100)
+
+
+def test_forced_retries_are_granted_and_counted() -> None:
+    b = RetryBudget(ratio=0.0, minimum=0)
+    assert b.try_retry(requests_in_flight=10, forced=True)
+    assert not b.try_retry(requests_in_flight=10)  # the forced one is in flight
+    assert b.snapshot()["forced_total"] == 1 and b.retries_in_flight == 1

@@ -118,6 +118,11 @@ class CircuitBreaker:
         if self._open:
             self._open_until = min(self._open_until, self._clock())
 
+    def forget_failures(self) -> None:
+        """Back in rotation after failed probes: a closed breaker's count starts again."""
+        if not self._open:
+            self.consecutive_failures = 0
+
     # --- calls -----------------------------------------------------------------------------
 
     def acquire(self) -> Permit | None:

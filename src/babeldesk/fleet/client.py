@@ -9,10 +9,11 @@ Failure rules. A timeout, a connection error, a 5xx or a stream that breaks coun
 the upstream's breaker; a 4xx does not (it is the client's fault) and is returned as is.
 A 5xx, a 429, a timeout or a connection error *before the first byte of the answer is
 committed* is retried at once on another upstream (``retry_attempts`` tries in all, within
-``retry_deadline_s``, if the retry budget allows). A streamed answer is committed when its
-first whole SSE event arrives; a stream that breaks after that is ended with an error event
-(``data: {"error": ...}``, no ``[DONE]``), never replayed elsewhere, so the customer never
-sees text twice.
+``retry_deadline_s``, if the retry budget allows; while most of the fleet is healthy the
+budget holds no retry back, so a dead worker's requests in flight go elsewhere). A
+streamed answer is committed when its first whole SSE event arrives; a stream that breaks
+after that is ended with an error event (``data: {"error": ...}``, no ``[DONE]``), never
+replayed elsewhere, so the customer never sees text twice.
 
 ``upstream_requests_total{outcome}``: ok, client_error (4xx), rate_limited (429),
 server_error (5xx), timeout, connect_error, protocol_error (bad or empty answer before the
@@ -32,7 +33,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from babeldesk.config import FleetConfig
 from babeldesk.errors import BabeldeskError, InvalidRequest, QueueFull, Unavailable
-from babeldesk.fleet.breaker import CircuitBreaker, Permit
+from babeldesk.fleet.breaker import BreakerState, CircuitBreaker, Permit
 from babeldesk.fleet.discovery import (
     FileWatch,
     Resolve,
@@ -238,6 +239,8 @@ class Fleet:
         order = self.candidates(session_id)
         why = "no upstream is in rotation"
         fallback: UpstreamReply | None = None
+        failed: set[str] = set()  # upstreams this request failed on
+        last = ""  # the outcome of the last failed attempt
         for attempt in range(cfg.retry_attempts):
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -248,7 +251,9 @@ class Fleet:
                 break
             up, permit = picked
             retry = attempt > 0
-            if retry and not self.budget.try_retry(self.in_flight()):
+            # a 429 is a full worker, not a broken one: its retry is always budgeted
+            forced = retry and last != "rate_limited" and self._mostly_healthy(failed)
+            if retry and not self.budget.try_retry(self.in_flight(), forced=forced):
                 permit.release()
                 why += "; retry budget exhausted"
                 break
@@ -260,6 +265,8 @@ class Fleet:
                     used.append(up.name)
                 return reply
             except _Failed as exc:
+                failed.add(up.name)
+                last = exc.outcome
                 why = f"{up.name}: {exc.message}"
                 fallback = exc.reply or fallback
                 log.warning("fleet: attempt %d failed on %s", attempt + 1, why)
@@ -273,6 +280,16 @@ class Fleet:
     def in_flight(self) -> int:
         """Requests being answered by upstreams now, all together."""
         return sum(u.outstanding for u in self.pool.upstreams)
+
+    def _mostly_healthy(self, failed: set[str]) -> bool:
+        """Is more than ``retry_budget_healthy_share`` of the pool healthy: in rotation,
+        breaker closed, last call a success, and not one of ``failed``? Then a retry is
+        forced past the budget (retry.py says why)."""
+        ups = self.pool.upstreams
+        healthy = sum(1 for u in ups if u.name not in failed and u.healthy
+                      and u.breaker.state is BreakerState.CLOSED
+                      and u.breaker.consecutive_failures == 0)
+        return bool(ups) and healthy > self.cfg.retry_budget_healthy_share * len(ups)
 
     def _pick(self, order: list[Upstream]) -> tuple[Upstream, Permit] | None:
         """Take the first upstream of ``order`` whose breaker grants a permit, off it."""

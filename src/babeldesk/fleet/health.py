@@ -80,6 +80,10 @@ class HealthChecker:
                 # a restarted worker is back within one probe, however long its breaker
                 # would still stay open after repeated openings
                 up.breaker.half_open_now()
+        if up.healthy and not was:
+            # failures from before it went out (a dead worker's refused calls) are not
+            # its state now; left, they would count it as failing until its next success
+            up.breaker.forget_failures()
         if up.healthy != was:
             log.warning("fleet: %s is now %s%s", up.name,
                         "healthy" if up.healthy else "unhealthy", f" ({error})" if error else "")
