@@ -78,8 +78,7 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 class Memo:
     """The matcher's embedder with a per-text memory: leave-one-language-out trains on
-    24 subsets of the same examples, each a different list (and cache key) for
-    ``embed_cached``."""
+    24 subsets of the same examples (``embed_cached`` would read its store for each)."""
 
     def __init__(self, embedder: Any) -> None:
         self._e = embedder

@@ -156,9 +156,11 @@ class CountingEmbedder:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.texts = 0
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1
+        self.texts += len(texts)
         return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
 
 
@@ -168,14 +170,27 @@ def test_embedding_cache_reuses_and_repairs(tmp_path: Path) -> None:
     again = embed_cached(embedder, ["a", "bb"], tmp_path)
     assert embedder.calls == 1
     np.testing.assert_array_equal(first, again)
-    embed_cached(embedder, ["a", "bb", "ccc"], tmp_path)  # other texts: another key
-    assert embedder.calls == 2
-    for f in tmp_path.glob("*.npy"):
+    embed_cached(embedder, ["a", "bb", "ccc"], tmp_path)  # one new text: only it is embedded
+    assert embedder.calls == 2 and embedder.texts == 3
+    for f in tmp_path.glob("*.npz"):
         f.write_bytes(b"not a numpy file")
     repaired = embed_cached(embedder, ["a", "bb"], tmp_path)
     assert embedder.calls == 3
     np.testing.assert_array_equal(repaired, first)
-    assert not list(tmp_path.glob("*.tmp.npy"))
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_embedding_cache_in_threads_matches_one_thread(tmp_path: Path) -> None:
+    texts = [f"text {i}" * (i % 7 + 1) for i in range(700)]
+    seen: list[tuple[int, int]] = []
+    many = embed_cached(CountingEmbedder(), texts, tmp_path / "a", workers=3,
+                        progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_array_equal(many, embed_cached(CountingEmbedder(), texts, None))
+    assert seen[-1] == (700, 700) and len(seen) >= 2
+    # duplicates are embedded once and come back in every place they occur
+    embedder = CountingEmbedder()
+    out = embed_cached(embedder, ["x", "yy", "x"], tmp_path / "b")
+    assert embedder.texts == 2 and out[0].tolist() == out[2].tolist()
 
 
 def test_embedding_progress_is_reported(tmp_path: Path) -> None:

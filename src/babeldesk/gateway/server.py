@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from babeldesk.gateway.app import GatewayState, Phase, create_app
 from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
-from babeldesk.knowledge.embed import EmbedderKind
+from babeldesk.knowledge.embed import EmbedderKind, make_embedder
 from babeldesk.knowledge.retrieve import RetrievalConfig, Retriever, open_help_center
 from babeldesk.support.handoff import WebhookNotifier
 from babeldesk.support.kb import docs_dir, load_kb
@@ -60,13 +61,21 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
                                    embedder=EmbedderKind(sup.matcher_embedder))
     if sup.verifier:  # without it the matcher's own (empty) verify band applies
         matcher_config = replace(matcher_config, verify_band=sup.verify_band)
-    documents = load_help_center(config) if sup.docs else None
+    embedder = make_embedder(matcher_config.embedder, matcher_config.threads,
+                             matcher_config.cache_dir)
+    progress = log_progress("intent matcher")
+    # first start: the help center is indexed while the matcher embeds its anchors (both
+    # cores busy); later starts read both back
+    with ThreadPoolExecutor(1, thread_name_prefix="help-center") as pool:
+        pending = pool.submit(load_help_center, config) if sup.docs else None
+        IntentMatcher.prepare(kb, matcher_config, embedder, progress)
+        documents = pending.result() if pending else None
     # the help center's section headings are anchors of the matcher: a question closer to
     # an article than to a curated intent goes to the document path
     detector = LanguageDetector()
     headings = sorted({c.heading for c in documents.index.chunks}) if documents else []
     matcher = IntentMatcher.from_kb(
-        kb, matcher_config, progress=log_progress("intent matcher"),
+        kb, matcher_config, embedder=embedder, progress=progress,
         documents=[(h, detector.detect(h).language) for h in headings])
     notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
                 if sup.handoff_webhook else None)

