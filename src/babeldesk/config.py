@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -260,6 +261,9 @@ class SupportConfig:
     temperature: float = 0.0  # model answers; 0 = greedy, so cached answers are the model's own
     repeat_handoff: int = 2  # the same question failing this many times -> handoff
     handoff_webhook: str = ""  # POSTed a JSON event on handoff; "" = none
+    # this service's address as the help desk reaches it: the webhooks' transcript links
+    # are <public_url>/v1/agent/conversations/<id> ("" = a path without host)
+    public_url: str = ""
     webhook_attempts: int = 4  # tries per handoff event (backoff 0.5 s, 1 s, 2 s ...)
     webhook_timeout_s: float = 5.0
     # help-center articles (<kb>/docs/): when no intent is sure, the model answers from the
@@ -302,11 +306,21 @@ class GatewayConfig:
     max_body_bytes: int = 1_000_000
     api_key: str = ""  # bearer token required on /v1/*; "" = open
     drain_grace_s: float = 30.0
+    # human agents' keys, "name:key" each (env: comma-separated); the name is the agent.
+    # Until operator keys with scopes exist, these are the agent API's keys
+    agent_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check("gateway.port", 0 <= self.port <= 65535, "must be a TCP port")
         _check("gateway.max_message_chars", self.max_message_chars >= 1, "must be >= 1")
         _check("gateway.max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024")
+        for i, entry in enumerate(self.agent_keys):
+            name, _, key = entry.partition(":")
+            _check(f"gateway.agent_keys[{i}]",
+                   bool(re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name)) and len(key) >= 16,
+                   "must be name:key (name: letters, digits, _ . @ -; key: 16+ characters)")
+        names = [e.partition(":")[0] for e in self.agent_keys]
+        _check("gateway.agent_keys", len(set(names)) == len(names), "an agent is named twice")
 
 
 @dataclass(frozen=True)

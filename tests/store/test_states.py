@@ -133,3 +133,15 @@ async def test_an_old_sqlite_file_gets_the_new_columns(tmp_path: Path) -> None:
         assert (await store.transcript("old")).state == "waiting_for_agent"
     finally:
         await store.close()
+
+
+async def test_the_agents_language_goes_and_comes_with_the_agent(store: SessionStore) -> None:
+    await _handed_off(store, "al")
+    await store.record("al", [], guard=Guard.of(State.WAITING), state=State.WITH_AGENT,
+                       agent="ana", agent_language="en")
+    t = await store.transcript("al")
+    assert (t.agent, t.agent_language) == ("ana", "en")
+    await store.record("al", [], guard=Guard.of(State.WITH_AGENT, agent="ana"), state=State.BOT,
+                       agent=None)
+    t = await store.transcript("al")
+    assert (t.state, t.agent, t.agent_language) == ("bot", None, None)

@@ -134,7 +134,10 @@ class ApiKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode("latin-1")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        path = scope.get("path", "")
+        # the agent API checks agent keys itself (gateway/agents.py agent_of)
+        if scope["type"] == "http" and path.startswith("/v1/") and not path.startswith(
+                "/v1/agent/"):
             got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(got, self.expected):
                 err = Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
@@ -204,6 +207,10 @@ def create_app(state: GatewayState) -> FastAPI:
             raise NotFound(f"no session {session_id!r}")
         await pipeline.sessions.delete(session_id)
         return Response(status_code=204)
+
+    from babeldesk.gateway.agents import mount_agent_routes  # it imports this module
+
+    mount_agent_routes(app, state)
 
     @app.get("/v1/admin/upstreams")
     async def admin_upstreams() -> dict[str, Any]:

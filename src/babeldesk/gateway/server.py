@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from babeldesk.config import Config
 from babeldesk.gateway.app import GatewayState, Phase, create_app
 from babeldesk.gateway.passthrough import Passthrough
-from babeldesk.store import open_answer_cache, open_session_store
+from babeldesk.store import open_answer_cache, open_event_bus, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.knowledge.embed import EmbedderKind, make_embedder
 from babeldesk.knowledge.retrieve import RetrievalConfig, Retriever, open_help_center
@@ -85,7 +85,7 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
         cache=open_answer_cache(store), model=model, config=sup, metrics=metrics,
         max_message_chars=config.gateway.max_message_chars, notifier=notifier,
         redact=redactor.redact if redactor else None,
-        documents=documents)
+        documents=documents, bus=open_event_bus(store))
 
 
 def load_help_center(config: Config) -> Retriever:

@@ -21,6 +21,7 @@ from babeldesk.store.base import (
     Turn,
     scheme_of,
 )
+from babeldesk.store.events import EventBus, MemoryEventBus
 from babeldesk.store.keys import (
     document_answer_key,
     kb_answer_key,
@@ -36,6 +37,7 @@ __all__ = [
     "CacheKey",
     "CacheKind",
     "CacheLookup",
+    "EventBus",
     "Guard",
     "Keep",
     "LookupResult",
@@ -50,6 +52,7 @@ __all__ = [
     "new_session_id",
     "normalise_text",
     "open_answer_cache",
+    "open_event_bus",
     "open_session_store",
 ]
 
@@ -98,3 +101,15 @@ def open_session_store(config: StoreConfig) -> SessionStore:
     client = connect(config.sessions_url, config.redis_timeout_s)
     return RedisSessionStore(client, config.session_ttl_s, redactor, config.redis_prefix,
                              config.retry_after_s)
+
+
+def open_event_bus(config: StoreConfig) -> EventBus:
+    """Live events: through Redis pub/sub when sessions are in Redis (every gateway on it
+    sees them), else within this process."""
+    scheme = scheme_of("store.sessions_url", config.sessions_url)
+    if scheme in (Scheme.REDIS, Scheme.REDISS):
+        from babeldesk.store.events import RedisEventBus, connect_pubsub
+
+        return RedisEventBus(connect_pubsub(config.sessions_url, config.redis_timeout_s),
+                             config.redis_prefix)
+    return MemoryEventBus()

@@ -165,6 +165,7 @@ class Transcript:
     handoff_reason: str | None = None  # set once the session is handed to a human
     state: str = State.BOT.value
     agent: str | None = None  # the agent who owns it (with_agent), or last owned it
+    agent_language: str | None = None  # the language that agent reads and writes
     state_since: float | None = None  # Unix seconds of the last state change
 
     @property
@@ -216,12 +217,14 @@ class SessionStore(Protocol):
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
-                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
+                     state: State | None = None, agent: str | None | Keep = KEEP,
+                     agent_language: str | None = None) -> int:
         """Everything one message or one agent action changes, as one atomic write: create
         the session (``create``; an existing id is kept as is), check ``guard`` (``Conflict``
         and nothing written when it fails), set its language lock (unless ``KEEP``), append
         ``turns`` in order, mark the handoff (when a reason is given), move it to ``state``
-        (``state_since`` = now) and set its ``agent`` (unless ``KEEP``). Returns the number
+        (``state_since`` = now) and set its ``agent`` and ``agent_language`` (unless ``agent``
+        is ``KEEP``). Returns the number
         of turns after it; ``NotFound`` when the session does not exist and ``create`` is
         false."""
         ...

@@ -75,6 +75,7 @@ class _Session:
     handoff_reason: str | None = None
     state: str = State.BOT.value
     agent: str | None = None
+    agent_language: str | None = None
     state_since: float | None = None  # Unix seconds
 
 
@@ -117,7 +118,8 @@ class MemorySessionStore:
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
-                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
+                     state: State | None = None, agent: str | None | Keep = KEEP,
+                     agent_language: str | None = None) -> int:
         if create and not await self.exists(session_id):
             self._sessions[session_id] = _Session(created_at=time.time(), touched=time.monotonic())
         s = self._get(session_id)
@@ -126,7 +128,7 @@ class MemorySessionStore:
         if state is not None:
             s.state, s.state_since = State(state).value, time.time()
         if agent is not KEEP:
-            s.agent = agent
+            s.agent, s.agent_language = agent, agent_language
         if language is not KEEP:
             s.language = language
         red = self._redactor
@@ -140,7 +142,7 @@ class MemorySessionStore:
         s = self._get(session_id)
         turns = s.turns if last is None else s.turns[max(0, len(s.turns) - last):]
         return Transcript(session_id, s.created_at, tuple(turns), s.language, s.handoff_reason,
-                          s.state, s.agent, s.state_since)
+                          s.state, s.agent, s.agent_language, s.state_since)
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
         found = []

@@ -67,7 +67,7 @@ return n
 # KEYS: meta, turns, waiting queue. ARGV: ttl ms, now (Unix s), create ('1'/'0'), set
 # language ('1'/'0'), language ('' clears it), handoff reason ('' = none), append token,
 # guard states ('a,b'; '' = no guard), guard agent ('' = any), new state ('' = keep),
-# set agent ('1'/'0'), agent ('' clears it), session id, turn JSON...
+# set agent ('1'/'0'), agent ('' clears it), agent language, session id, turn JSON...
 # One message or agent action in one script. Returns the list length after, -1 (unknown
 # session) or {-2, state, owner} (the guard refused; nothing written).
 _RECORD = """
@@ -92,15 +92,16 @@ end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'handoff_reason', ARGV[6]) end
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'state', ARGV[10], 'state_since', ARGV[2])
-  if ARGV[10] == 'waiting_for_agent' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[13])
-  else redis.call('ZREM', KEYS[3], ARGV[13]) end
+  if ARGV[10] == 'waiting_for_agent' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[14])
+  else redis.call('ZREM', KEYS[3], ARGV[14]) end
 end
 if ARGV[11] == '1' then
-  if ARGV[12] == '' then redis.call('HDEL', KEYS[1], 'agent')
-  else redis.call('HSET', KEYS[1], 'agent', ARGV[12]) end
+  redis.call('HDEL', KEYS[1], 'agent', 'agent_language')
+  if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'agent', ARGV[12]) end
+  if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'agent_language', ARGV[13]) end
 end
 local n = redis.call('LLEN', KEYS[2])
-for i = 14, #ARGV do n = redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 15, #ARGV do n = redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_append', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
@@ -252,7 +253,8 @@ class RedisSessionStore:
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
-                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
+                     state: State | None = None, agent: str | None | Keep = KEEP,
+                     agent_language: str | None = None) -> int:
         red = self._redactor
         stored = [(red.turn(t) if red else t).to_json() for t in turns]
         token = uuid.uuid4().hex  # the same for the client's retry of this one call
@@ -264,7 +266,7 @@ class RedisSessionStore:
                   lang, handoff_reason or "", token,
                   guard.states_csv if guard else "", (guard.agent or "") if guard else "",
                   State(state).value if state else "", "0" if agent is KEEP else "1",
-                  "" if agent is KEEP else (agent or ""), session_id,
+                  "" if agent is KEEP else (agent or ""), agent_language or "", session_id,
                   *stored],
         ))
         if isinstance(n, list):  # the guard refused: {-2, state, owner}
@@ -291,6 +293,7 @@ class RedisSessionStore:
             handoff_reason=fields.get("handoff_reason"),
             state=fields.get("state", State.BOT.value),
             agent=fields.get("agent"),
+            agent_language=fields.get("agent_language"),
             state_since=float(fields["state_since"]) if "state_since" in fields else None,
         )
 

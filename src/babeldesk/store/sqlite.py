@@ -41,7 +41,8 @@ from babeldesk.errors import BabeldeskError, NotFound, Unavailable
 from babeldesk.store.base import KEEP, Guard, Keep, State, Transcript, Turn
 from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
-from babeldesk.store.sqlite_rows import INSERT_TURN, SELECT_TURN, create_schema, row_turn, turn_row
+from babeldesk.store.sqlite_rows import INSERT_TURN, SELECT_TURN, create_schema, row_turn
+from babeldesk.store.sqlite_rows import turn_row, waiting_rows
 from babeldesk.store.sqlite_rows import sqlite_path as sqlite_path  # imported from here
 
 T = TypeVar("T")
@@ -224,8 +225,8 @@ class SqliteSessionStore:
 
     def _live(self, conn: sqlite3.Connection, session_id: str) -> tuple[Any, ...]:
         row = conn.execute(
-            "SELECT created_at, updated_at, language, handoff_reason, state, agent, state_since"
-            " FROM sessions WHERE id = ?",
+            "SELECT created_at, updated_at, language, handoff_reason, state, agent, state_since,"
+            " agent_language FROM sessions WHERE id = ?",
             (session_id,),
         ).fetchone()
         if row is None or time.time() - row[1] > self.ttl_s:
@@ -272,7 +273,8 @@ class SqliteSessionStore:
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
-                     state: State | None = None, agent: str | None | Keep = KEEP) -> int:
+                     state: State | None = None, agent: str | None | Keep = KEEP,
+                     agent_language: str | None = None) -> int:
         red = self._redactor
         stored = [red.turn(t) if red else t for t in turns]
 
@@ -293,10 +295,12 @@ class SqliteSessionStore:
                     self._live(conn, session_id)  # a new session would be bot: refuse first
                 new = conn.execute(
                     "INSERT OR IGNORE INTO sessions (id, created_at, updated_at, language,"
-                    " handoff_reason, state, agent, state_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " handoff_reason, state, agent, agent_language, state_since)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (session_id, now, now, None if language is KEEP else language,
                      handoff_reason or None, State(state or State.BOT).value,
-                     None if agent is KEEP else agent, now if state else None))
+                     None if agent is KEEP else agent, None if agent is KEEP else agent_language,
+                     now if state else None))
                 if new.rowcount == 1:  # a new session: its turns start at 0, row complete
                     return insert_turns(0)
             row = self._live(conn, session_id)
@@ -317,8 +321,8 @@ class SqliteSessionStore:
                 sets += ["state = ?", "state_since = ?"]
                 values += [State(state).value, now]  # type: ignore[list-item]
             if agent is not KEEP:
-                sets.append("agent = ?")
-                values.append(agent)  # type: ignore[arg-type]
+                sets += ["agent = ?", "agent_language = ?"]
+                values += [agent, agent_language]  # type: ignore[list-item]
             conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE id = ?",
                          (*values, session_id))
             return count
@@ -327,7 +331,8 @@ class SqliteSessionStore:
 
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript:
         def op(conn: sqlite3.Connection) -> Transcript:
-            created_at, _, language, handoff, state, agent, since = self._live(conn, session_id)
+            created_at, _, language, handoff, state, agent, since, agent_lang = self._live(
+                conn, session_id)
             rows = conn.execute(
                 f"SELECT {SELECT_TURN} FROM turns"
                 " WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
@@ -335,7 +340,7 @@ class SqliteSessionStore:
             ).fetchall()
             turns = tuple(row_turn(r) for r in reversed(rows))
             return Transcript(session_id, created_at, turns, language, handoff, state, agent,
-                              since)
+                              agent_lang, since)
 
         return await self._run(lambda: self._tx(op, write=False))
 
@@ -372,14 +377,9 @@ class SqliteSessionStore:
         return row[2]  # type: ignore[no-any-return]
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
-            rows = conn.execute(
-                "SELECT id, COALESCE(state_since, created_at) FROM sessions WHERE state = ?"
-                " AND updated_at >= ? ORDER BY state_since LIMIT ?",
-                (State.WAITING.value, time.time() - self.ttl_s, limit)).fetchall()
-            return [(r[0], float(r[1])) for r in rows]
-
-        return await self._run(lambda: self._tx(op, write=False))
+        since = time.time() - self.ttl_s  # expired sessions are not waiting
+        return await self._run(lambda: self._tx(lambda c: waiting_rows(c, since, limit),
+                                                write=False))
 
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1").fetchone())

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     handoff_reason TEXT,
     state TEXT NOT NULL DEFAULT 'bot',  -- store.base.State
     agent TEXT,                    -- owner while with_agent (kept after, for the record)
+    agent_language TEXT,           -- the language that agent reads and writes
     state_since REAL               -- Unix seconds of the last state change
 );
 CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at);
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS turns (
 """
 # columns added after the first release: (table, column, declaration)
 _ADDED = (("sessions", "state", "TEXT NOT NULL DEFAULT 'bot'"), ("sessions", "agent", "TEXT"),
+          ("sessions", "agent_language", "TEXT"),
           ("sessions", "state_since", "REAL"), ("turns", "extra", "TEXT"))
 _INDEXES = "CREATE INDEX IF NOT EXISTS sessions_state ON sessions (state, state_since);"
 
@@ -78,3 +80,12 @@ def row_turn(r: tuple[Any, ...]) -> Turn:
     extra = json.loads(r[7]) if r[7] else {}
     return Turn(role=r[1], text=r[2], language=r[3], source=r[4], intent=r[5],
                 confidence=r[6], time=r[0], **{k: v for k, v in extra.items() if k in _EXTRA})
+
+
+def waiting_rows(conn: sqlite3.Connection, since: float, limit: int) -> list[tuple[str, float]]:
+    """Sessions in waiting_for_agent written after ``since``, longest waiting first."""
+    rows = conn.execute(
+        "SELECT id, COALESCE(state_since, created_at) FROM sessions WHERE state = ?"
+        " AND updated_at >= ? ORDER BY state_since LIMIT ?",
+        ("waiting_for_agent", since, limit)).fetchall()
+    return [(r[0], float(r[1])) for r in rows]

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import httpx
 
@@ -45,6 +46,7 @@ class HandoffEvent:
     message: str  # the customer's last message, redacted like the transcript
     intent: str | None
     time: float  # Unix seconds
+    transcript_url: str = ""  # the conversation on the operator surface (agent API)
 
 
 class WebhookNotifier:
@@ -66,14 +68,17 @@ class WebhookNotifier:
         self.delivered = 0
         self.failed = 0
 
-    def notify(self, event: HandoffEvent) -> asyncio.Task[bool]:
-        task = asyncio.get_running_loop().create_task(self._deliver(event))
+    def notify(self, event: HandoffEvent | dict[str, Any]) -> asyncio.Task[bool]:
+        """Deliver in the background: a ``HandoffEvent`` (sent as ``handoff.requested``) or
+        a whole event payload (``support.events``)."""
+        payload = ({"type": "handoff.requested", **asdict(event)}
+                   if isinstance(event, HandoffEvent) else event)
+        task = asyncio.get_running_loop().create_task(self._deliver(payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _deliver(self, event: HandoffEvent) -> bool:
-        payload = {"type": "handoff.requested", **asdict(event)}
+    async def _deliver(self, payload: dict[str, Any]) -> bool:
         delay = self.first_backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
@@ -85,13 +90,13 @@ class WebhookNotifier:
             except httpx.HTTPError as exc:
                 why = type(exc).__name__
             if attempt < self.attempts:
-                log.warning("handoff webhook attempt %d/%d failed (%s); retrying in %.1fs",
+                log.warning("webhook attempt %d/%d failed (%s); retrying in %.1fs",
                             attempt, self.attempts, why, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
             else:
-                log.error("handoff webhook gave up after %d attempts (%s): session %s",
-                          self.attempts, why, event.session_id)
+                log.error("webhook %s gave up after %d attempts (%s): session %s",
+                          payload.get("type"), self.attempts, why, payload.get("session_id"))
         self.failed += 1
         return False
 
@@ -102,5 +107,16 @@ class WebhookNotifier:
 
 
 def event(session_id: str, reason: HandoffReason, language: str, message: str,
-          intent: str | None) -> HandoffEvent:
-    return HandoffEvent(session_id, reason.value, language, message, intent, time.time())
+          intent: str | None, transcript_url: str = "") -> HandoffEvent:
+    return HandoffEvent(session_id, reason.value, language, message, intent, time.time(),
+                        transcript_url)
+
+
+def conversation_event(kind: str, session_id: str, transcript_url: str, *,
+                       language: str | None, state: str, agent: str | None,
+                       reason: str | None, **extra: Any) -> dict[str, Any]:
+    """A webhook payload for ``agent.joined``, ``conversation.closed``,
+    ``conversation.rated`` (docs/webhooks.md has the JSON schema of each)."""
+    return {"type": kind, "session_id": session_id, "time": time.time(),
+            "transcript_url": transcript_url, "language": language, "state": state,
+            "agent": agent, "reason": reason, **extra}

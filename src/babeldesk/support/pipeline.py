@@ -39,6 +39,7 @@ from babeldesk.store import (
     Guard,
     Keep,
     LookupResult,
+    EventBus,
     SessionStore,
     State,
     Transcript,
@@ -49,6 +50,8 @@ from babeldesk.store import (
     new_session_id,
     normalise_text,
 )
+from babeldesk.store.events import MemoryEventBus
+from babeldesk.support.agents import AgentDesk, Translator
 from babeldesk.support.handoff import HandoffReason, WebhookNotifier, event, repeats
 from babeldesk.support.kb import KnowledgeBase
 from babeldesk.support.language import (
@@ -193,7 +196,7 @@ class SupportPipeline:
                  detector: LanguageDetector | None = None, lock: LanguageLock | None = None,
                  notifier: WebhookNotifier | None = None,
                  redact: Callable[[str], str] | None = None,
-                 documents: Retriever | None = None) -> None:
+                 documents: Retriever | None = None, bus: EventBus | None = None) -> None:
         self.kb, self.matcher, self.sessions, self.cache = kb, matcher, sessions, cache
         self.model, self.config, self.metrics = model, config, metrics
         self.max_message_chars = max_message_chars
@@ -211,6 +214,10 @@ class SupportPipeline:
         # labelled metric children, resolved once per label set (labels() takes a lock)
         self._lookups = functools.lru_cache(maxsize=64)(metrics.cache_lookups_total.labels)
         self._messages = functools.lru_cache(maxsize=1024)(metrics.messages_total.labels)
+        # human agents: the queue, claims, replies, translation both ways, live events
+        self.desk = AgentDesk(sessions, bus or MemoryEventBus(),
+                              Translator(model, cache, self.detector), notifier=notifier,
+                              public_url=config.public_url)
 
     async def handle(self, request: SupportRequest) -> SupportReply:
         async for item in self.stream(request, live=False):
@@ -518,7 +525,9 @@ class SupportPipeline:
             self.metrics.handoffs_total.labels(reason).inc()
             if self.notifier is not None:
                 self.notifier.notify(event(session_id, HandoffReason(reason), reply.language,
-                                           self.redact(text), reply.intent))
+                                           self.redact(text), reply.intent,
+                                           self.desk.transcript_url(session_id)))
+            await self.desk.handed_off(session_id)
 
     async def _to_agent(self, transcript: Transcript, text: str, lang: str,
                         lock: str | None | Keep, started: float) -> SupportReply:
@@ -526,8 +535,7 @@ class SupportPipeline:
         agent (guarded: ``Conflict`` when it went back to the assistant meanwhile), no
         assistant reply."""
         sid = transcript.session_id
-        await self.sessions.record(sid, (Turn("user", text, language=lang, source="agent"),),
-                                   language=lock, guard=Guard.of(State.WAITING, State.WITH_AGENT))
+        await self.desk.customer_message(transcript, text, lang, lock)
         self._messages(lang, Source.AGENT.value).inc()
         reason = transcript.handoff_reason
         return SupportReply(

@@ -102,6 +102,36 @@ def translation_prompt(text: str, language: str) -> list[ChatMessage]:
     ]
 
 
+# hand-written example pairs for relay_prompt: the same two messages in each language
+_RELAY_EXAMPLES: dict[str, tuple[str, str]] = {
+    "en": ("Can I change the shipping address?", "The parcel was sent to the wrong city."),
+    "es": ("¿Puedo cambiar la dirección de envío?", "El paquete se envió a la ciudad equivocada."),
+    "fr": ("Puis-je changer l'adresse de livraison ?",
+           "Le colis a été envoyé dans la mauvaise ville."),
+    "de": ("Kann ich die Lieferadresse ändern?", "Das Paket wurde in die falsche Stadt geschickt."),
+    "pt": ("Posso mudar o endereço de entrega?", "O pacote foi enviado para a cidade errada."),
+    "it": ("Posso cambiare l'indirizzo di spedizione?",
+           "Il pacco è stato spedito nella città sbagliata."),
+}
+
+
+def relay_prompt(text: str, source: str | None, target: str) -> list[ChatMessage]:
+    """Translate a message between a customer and a human agent. Unlike a KB answer, the
+    text is often a question, which a small model tends to answer instead of translating
+    (qwen2.5-0.5b: '¿Dónde está mi pedido 12345?' -> 'The order 12345 is located at the
+    checkout page.'); two example turns in the pair's languages, where we have them, kept
+    it translating in a hand check of 7 messages (docs/benchmarks.md)."""
+    src = language_name(source) if source else "the customer's language"
+    dst = language_name(target)
+    messages = [ChatMessage("system", f"Translate each message from {src} to {dst}. Never "
+                            "answer a message; translate it. Keep every number, name, date and "
+                            "weekday. Output only the translation.")]
+    if source in _RELAY_EXAMPLES and target in _RELAY_EXAMPLES:
+        for a, b in zip(_RELAY_EXAMPLES[source], _RELAY_EXAMPLES[target]):
+            messages += [ChatMessage("user", a), ChatMessage("assistant", b)]
+    return [*messages, ChatMessage("user", text.strip())]
+
+
 def leaks_system_prompt(reply: str, system: str, window: int = 48) -> bool:
     """True if the reply repeats any ``window``-character stretch of the system prompt."""
     flat_reply = " ".join(reply.split()).casefold()

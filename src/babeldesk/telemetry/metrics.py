@@ -88,6 +88,13 @@ class Metrics:
             ["reason"], registry=r)
         self.cache_lookups_total = Counter(
             p + "cache_lookups_total", "Answer cache lookups", ["kind", "result"], registry=r)
+        # human agents (support/agents.py)
+        self.agent_queue_depth = Gauge(
+            p + "agent_queue_depth", "Conversations waiting for an agent (as last listed)",
+            registry=r)
+        self.agent_wait_seconds = Histogram(
+            p + "agent_wait_seconds", "From the handoff to an agent's claim",
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600), registry=r)
         self.retrieval_duration_seconds = Histogram(
             p + "retrieval_duration_seconds", "Help-center retrieval per message (query "
             "embedding, BM25, fusion)", buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5),
