@@ -16,16 +16,13 @@ from babeldesk.bench.loadgen import (
     LoadMode,
     RequestResult,
     RunResult,
-    Slo,
     TargetConfig,
     TargetKind,
-    Trial,
-    judge,
     make_target,
     poisson_offsets,
     run_load,
-    slo_search,
 )
+from babeldesk.bench.slo import Slo, Trial, judge, slo_search
 from babeldesk.bench.workload import WorkItem
 from babeldesk.errors import ConfigError
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from babeldesk.bench.loadgen import LoadMode, RequestResult, RunResult, Slo, Trial
+from babeldesk.bench.loadgen import LoadMode, RequestResult, RunResult
+from babeldesk.bench.slo import Slo, Trial
 from babeldesk.bench.report import (
     bench_document,
     bench_plot,

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from babeldesk.bench.loadgen import RequestResult, RunResult, Slo, Trial
+from babeldesk.bench.loadgen import RequestResult, RunResult
+from babeldesk.bench.slo import Slo, Trial
 
 if TYPE_CHECKING:
     from rich.table import Table

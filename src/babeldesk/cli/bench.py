@@ -39,7 +39,7 @@ def cost(
     import yaml
     from rich.console import Console
 
-    from babeldesk.bench import cost as cost_model
+    from babeldesk.bench import cost as cost_model, cost_report
     from babeldesk.errors import BabeldeskError
 
     try:
@@ -61,11 +61,11 @@ def cost(
     console.print("[bold]Assumptions[/bold]")
     for line in report.assumptions:
         console.print(f"  - {line}", highlight=False, soft_wrap=True)
-    console.print(cost_model.render_table(report, currency))
-    written = [cost_model.write_json(report, out / "cost.json")]
+    console.print(cost_report.render_table(report, currency))
+    written = [cost_report.write_json(report, out / "cost.json")]
     if plot:
         try:
-            written.append(cost_model.plot(report, out / "cost.png", currency))
+            written.append(cost_report.plot(report, out / "cost.png", currency))
         except ImportError:
             console.print("no cost.png: matplotlib not installed (extra `plot`)")
     for path in written:
@@ -116,7 +116,7 @@ def bench(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from babeldesk.bench import loadgen, report as bench_report, workload as wl
+    from babeldesk.bench import loadgen, report as bench_report, slo as slo_mod, workload as wl
     from babeldesk.errors import BabeldeskError
 
     console = Console()
@@ -130,7 +130,7 @@ def bench(
         tcfg = loadgen.TargetConfig(kind, url, stream=stream, model=model,
                                     max_tokens=max_tokens, api_key=api_key, timeout_s=timeout)
         lcfg = loadgen.LoadConfig(load_mode, requests, rate, concurrency, duration, seed=seed)
-        slo = loadgen.Slo(slo_ms, slo_quantile, slo_metric)
+        slo = slo_mod.Slo(slo_ms, slo_quantile, slo_metric)
         if workload == "builtin":
             mix = wl.Mix(free_form_share, intent_skew,
                          wl.parse_languages(languages) if languages else dict(wl.LANGUAGE_WEIGHTS))
@@ -162,23 +162,23 @@ def bench(
                  else f"closed loop x{concurrency}")
         run = progress_run(lcfg, label, items)
         summary = bench_report.summarize(run, slo)
-        trials: list[loadgen.Trial] = []
+        trials: list[slo_mod.Trial] = []
         slo_rps = None
         if search:
             start = search_start_rate or max(0.1, summary["achieved_rps"] / 2)
 
-            async def at_rate(r: float) -> loadgen.Trial:
+            async def at_rate(r: float) -> slo_mod.Trial:
                 trial_items = (wl.builtin_workload(trial_requests, mix, seed + len(trials) + 1)
                                if workload == "builtin" else items)
                 load = loadgen.LoadConfig(loadgen.LoadMode.OPEN, trial_requests, r,
                                           seed=seed + len(trials) + 1)
-                t = loadgen.judge(await asyncio.to_thread(
+                t = slo_mod.judge(await asyncio.to_thread(
                     progress_run, load, f"SLO trial {len(trials) + 1}: {r:.2f} req/s",
                     trial_items), slo)
                 trials.append(t)
                 return t
 
-            slo_rps, _ = asyncio.run(loadgen.slo_search(
+            slo_rps, _ = asyncio.run(slo_mod.slo_search(
                 at_rate, start_rate=start, max_rate=max(search_max_rate, start),
                 max_trials=search_trials))
         doc = bench_report.bench_document(
