@@ -70,9 +70,10 @@ class EngineConfig:
     prefill_budget: int = 512  # prompt tokens processed per scheduler step
     threads: int = 2  # compute threads (torch / llama.cpp)
     memory_cap_mb: int = 0  # CPU: refuse steps whose KV+activations estimate exceeds it; 0 = off
-    # llamacpp: when a request ends, keep the KV of the longest prompt prefix it shares with
-    # another recent request (system prompt, template preamble) for the next one in its
-    # slot; off: a slot's KV is cleared completely when its sequence leaves
+    # llamacpp: a slot keeps its sequence's KV (prompt and answer) when the request ends; a
+    # new request takes the free slot sharing the longest prefix with it (a conversation's
+    # next turn, the system prompt) and prefills only the rest, as llama-server does;
+    # off: a slot's KV is cleared completely when its sequence leaves
     prefix_cache: bool = True
     # llamacpp: re-encode the GGUF once (cached) into a weight type whose CPU kernels batch
     # (llama.cpp repacks q4_0 / iq4_nl for AVX2/AVX-512 GEMMs): several times the batched

@@ -81,11 +81,24 @@ def test_preempt_half_requeues_newest_first_and_recomputes_output() -> None:
     assert list(chunk.tokens) == [1, 2, 7] and chunk.last
 
 
+class Kept:
+    """The kept-KV view of a backend: slot -> the tokens its KV holds (pure bookkeeping)."""
+
+    def __init__(self, held: dict[int, list[int]], copy: bool = False) -> None:
+        self.held, self.supports_prefix_copy = held, copy
+
+    def cached_prefix(self, slot: int, tokens) -> int:
+        held = self.held[slot]
+        return next((i for i, (a, b) in enumerate(zip(held, tokens)) if a != b),
+                    min(len(held), len(tokens)))
+
+    def kept_tokens(self, slot: int) -> int:
+        return len(self.held[slot])
+
+
 def test_admission_prefers_the_slot_holding_the_longest_prefix() -> None:
-    held = {0: [1, 2, 3, 9], 1: [1, 2], 2: []}
     s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64,
-                  cached_prefix=lambda slot, toks: len(
-                      [1 for a, b in zip(held[slot], toks) if a == b]))
+                  kept=Kept({0: [1, 2, 3], 1: [1, 2], 2: []}))
     seq = make_seq(5)  # prompt 1..5
     s.add(seq)
     step = s.schedule()
@@ -95,18 +108,70 @@ def test_admission_prefers_the_slot_holding_the_longest_prefix() -> None:
 
 def test_a_fully_cached_prompt_still_computes_its_last_token() -> None:
     s = Scheduler(max_batch_size=1, max_queue=1, prefill_budget=64,
-                  cached_prefix=lambda slot, toks: len(toks))
+                  kept=Kept({0: [1, 2, 3, 4, 9]}))
     seq = make_seq(4)
     s.add(seq)
     step = s.schedule()
     assert seq.num_computed == 3 and [list(c.tokens) for c in step.prefill] == [[4]]
 
 
-def test_shared_prefix_is_measured_against_other_prompts_only() -> None:
-    s = Scheduler(max_batch_size=2, max_queue=2, prefill_budget=64)
-    a, b = make_seq(6, "a"), make_seq(3, "b")
-    b.prompt_ids = [1, 2, 7]
+def test_a_new_conversation_takes_an_empty_slot_not_another_conversation() -> None:
+    # slot 0 holds a conversation that starts with the system prompt 1..20; slot 1 is empty
+    conv = list(range(1, 21)) + [50, 51, 52]
+    s = Scheduler(max_batch_size=2, max_queue=4, prefill_budget=64, kept=Kept({0: conv, 1: []}))
+    new = make_seq(22)
+    new.prompt_ids = list(range(1, 21)) + [60, 61]
+    s.add(new)
+    step = s.schedule()
+    assert new.slot == 1 and new.num_computed == 0 and not step.copies
+
+
+def test_among_slots_that_lose_something_the_least_recently_freed_is_taken() -> None:
+    kept = Kept({0: [7], 1: [8], 2: [9]})
+    s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64, kept=kept)
+    first = [make_seq(1, f"w{i}") for i in range(3)]
+    for seq in first:
+        s.add(seq)
+    s.schedule()
+    for slot in (2, 0, 1):  # freed in this order: slot 2 is the least recently freed
+        s.finish(next(q for q in first if q.slot == slot))
+    new = make_seq(3)
+    s.add(new)
+    s.schedule()
+    assert new.slot == 2 and new.num_computed == 0
+
+
+def test_a_longer_prefix_elsewhere_is_copied_into_the_chosen_slot() -> None:
+    system = list(range(1, 31))
+    kept = Kept({0: system + [40, 41], 1: [], 2: []}, copy=True)
+    s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64, kept=kept)
+    a = make_seq(32, "a")
+    a.prompt_ids = system + [40, 41, 42]  # continues slot 0's conversation: takes slot 0
+    b = make_seq(32, "b")
+    b.prompt_ids = system + [70, 71]  # shares the system prompt with the running a
     s.add(a)
     s.add(b)
-    s.schedule()
-    assert s.shared_prefix(a) == 2 and s.shared_prefix(b) == 2
+    step = s.schedule()
+    assert a.slot == 0 and a.num_computed == 32
+    assert b.slot != 0 and b.num_computed == 30
+    assert [(c.src, c.dst, c.n) for c in step.copies] == [(0, b.slot, 30)]
+    assert s.reused_tokens == 62
+    s.committed(step)
+    assert not s.schedule().copies  # a copy is made once
+
+
+def test_a_preempted_copier_gets_its_copy_again_when_readmitted() -> None:
+    system = list(range(1, 31))
+    kept = Kept({0: [], 1: [], 2: system + [99]}, copy=True)
+    s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64, kept=kept)
+    a, b = make_seq(32, "a"), make_seq(32, "b")
+    a.prompt_ids = system + [40, 41]
+    b.prompt_ids = system + [70, 71]
+    s.add(a)
+    s.add(b)
+    step = s.schedule()  # both copy the system prompt from the free slot 2
+    assert {c.dst for c in step.copies} == {a.slot, b.slot} and {c.src for c in step.copies} == {2}
+    s.preempt_half()  # out of memory before the step ran: b goes back to the queue
+    step = s.schedule()
+    assert b.slot == -1 and [(c.src, c.dst) for c in step.copies] == [(2, a.slot)]
+    assert a.num_computed == 30

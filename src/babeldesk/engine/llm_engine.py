@@ -80,10 +80,9 @@ class Engine:
         self.backend = backend
         self.config = config
         self.reporter: EngineReporter = reporter or SilentReporter()
-        prefix = backend.cached_prefix if backend.supports_prefix_cache and config.prefix_cache \
-            else None
+        kept = backend if backend.supports_prefix_cache and config.prefix_cache else None
         self.scheduler = Scheduler(config.max_batch_size, config.max_queue, config.prefill_budget,
-                                   cached_prefix=prefix)
+                                   kept=kept)
         self._cv = threading.Condition()
         self._stopping = False
         self._accepting = True
@@ -291,9 +290,11 @@ class Engine:
             return
         slot, was_running = seq.slot, seq.slot >= 0
         self.scheduler.finish(seq)
-        if was_running:
-            keep = self.scheduler.shared_prefix(seq) if self.scheduler.prefix_caching else 0
-            self.backend.release_keeping(slot, keep) if keep else self.backend.release(slot)
+        if was_running and (reason == "error" or not self.scheduler.prefix_caching):
+            self.backend.release(slot)
+        # else the slot keeps the KV of everything its sequence computed (prompt and output,
+        # also when cancelled): the next turn of this conversation, or a prompt sharing a
+        # prefix with it, prefills only the rest; the backend trims it when it is reused
         tail = ""
         if flush and reason in ("stop", "length"):
             tail = seq.stop.push(seq.decoder.flush()) + seq.stop.flush()

@@ -3,22 +3,46 @@
 Pure bookkeeping, no model calls: the waiting queue (bounded), the running set, slots,
 admission under the batch limit, and the per-step prefill budget (chunked prefill, so a
 long prompt never stalls everyone else's decoding).
+
+Prefix reuse (when the backend keeps a slot's KV after its sequence leaves): a joining
+sequence takes a free slot that loses nothing (one holding only a prefix of it, the
+longest such, e.g. its own conversation's last turn; or an empty one), else the least
+recently freed slot, as llama-server's ``get_available_slot`` does (longest common prefix,
+else LRU). It then prefills only what that slot does not hold. When another slot, free
+or running, holds a longer prefix (the system prompt, a conversation a second request
+continues) and the backend copies KV between slots, the step first copies that prefix
+into the chosen slot: the source keeps its own KV untouched.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Sequence as Seq
+from typing import Protocol, Sequence as Seq
 
-from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, StepInput
+from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, PrefixCopy, StepInput
 from babeldesk.engine.sequence import SeqStatus, Sequence
 from babeldesk.errors import QueueFull
 
 
+# a copy must save at least this many prompt tokens: it costs a KV-buffer copy (llamacpp:
+# the whole slot, ~24 MiB for qwen2.5-0.5b at max_model_len 2048)
+MIN_COPY_TOKENS = 16
+
+
+class KeptKV(Protocol):
+    """What the scheduler asks a backend that keeps KV across requests."""
+
+    supports_prefix_copy: bool
+
+    def cached_prefix(self, slot: int, tokens: Seq[int]) -> int: ...
+
+    def kept_tokens(self, slot: int) -> int: ...
+
+
 class Scheduler:
     def __init__(self, max_batch_size: int, max_queue: int, prefill_budget: int,
-                 cached_prefix: Callable[[int, Seq[int]], int] | None = None) -> None:
+                 kept: KeptKV | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.effective_max_batch_size = max_batch_size  # lowered after out-of-memory
         self.max_queue = max_queue
@@ -26,8 +50,10 @@ class Scheduler:
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []  # admission order
         self._free_slots = list(range(max_batch_size - 1, -1, -1))
-        self._cached_prefix = cached_prefix  # (free slot, tokens) -> tokens its KV holds
-        self._recent: collections.deque[list[int]] = collections.deque(maxlen=8)  # prompts
+        self._kept = kept  # the backend's kept KV per slot; None: no prefix reuse
+        self._copies: list[PrefixCopy] = []  # decided at admission, until the step commits
+        self._clock = 0  # counts slot releases
+        self._released_at = [0] * max_batch_size  # slot -> _clock when it was last freed
         self.reused_tokens = 0  # prompt tokens not prefilled thanks to a kept prefix
         self._finish_rate = 1.0  # requests/s, EWMA; for Retry-After
         self._last_finish = time.monotonic()
@@ -49,7 +75,7 @@ class Scheduler:
 
     @property
     def prefix_caching(self) -> bool:
-        return self._cached_prefix is not None
+        return self._kept is not None
 
     @property
     def has_work(self) -> bool:
@@ -67,10 +93,11 @@ class Scheduler:
             seq.status = SeqStatus.RUNNING
             if seq.admitted_at is None:
                 seq.admitted_at = now
-                self._recent.append(seq.prompt_ids)
             self.running.append(seq)
 
-        step = StepInput()
+        running = {s.slot for s in self.running}
+        self._copies = [c for c in self._copies if c.dst in running]  # not preempted since
+        step = StepInput(copies=list(self._copies))
         budget = self.prefill_budget
         for seq in self.running:
             if not seq.prefilling:
@@ -86,35 +113,44 @@ class Scheduler:
         return step
 
     def _take_slot(self, seq: Sequence) -> int:
-        """The free slot whose kept KV covers the longest prefix of the sequence (its
-        prefill starts after that prefix; at least one token is always computed)."""
-        if self._cached_prefix is None:
+        """A free slot for ``seq`` (see the module docstring); sets how much of it is
+        already computed (at least one token is always computed, for the logits)."""
+        kept = self._kept
+        if kept is None:
             return self._free_slots.pop()
         tokens = seq.tokens
-        hits = [self._cached_prefix(slot, tokens) for slot in self._free_slots]
-        best = max(range(len(hits)), key=lambda i: (hits[i], i))  # ties: the LIFO choice
-        reuse = min(hits[best], seq.prefill_target - 1)
-        seq.num_computed = max(reuse, 0)
-        self.reused_tokens += seq.num_computed
-        return self._free_slots.pop(best)
+        hit = {s: kept.cached_prefix(s, tokens) for s in self._free_slots}
 
-    def shared_prefix(self, seq: Sequence) -> int:
-        """Length of the longest prompt prefix ``seq`` shares with another recent prompt:
-        what is worth keeping in its slot's KV when it leaves."""
-        best = 0
-        for other in self._recent:
-            if other is seq.prompt_ids:
-                continue
-            n = 0
-            for a, b in zip(other, seq.prompt_ids):
-                if a != b:
-                    break
-                n += 1
-            best = max(best, n)
-        return best
+        def keep_order(i: int) -> tuple[int, int]:
+            slot = self._free_slots[i]
+            if hit[slot] == kept.kept_tokens(slot):  # holds only a prefix of seq (or nothing)
+                return (1, hit[slot])
+            return (0, -self._released_at[slot])
+
+        slot = self._free_slots.pop(max(range(len(self._free_slots)), key=keep_order))
+        reuse = hit[slot]
+        if kept.supports_prefix_copy:
+            copied_into = {c.dst for c in self._copies}  # their KV arrives with the step
+            sources = [s for s in [q.slot for q in self.running] + self._free_slots
+                       if s not in copied_into]
+            best = max(sources, key=lambda s: kept.cached_prefix(s, tokens), default=-1)
+            n = kept.cached_prefix(best, tokens) if best >= 0 else 0
+            n = min(n, seq.prefill_target - 1)
+            if n >= reuse + MIN_COPY_TOKENS:
+                self._copies.append(PrefixCopy(best, slot, n))
+                reuse = n
+        seq.num_computed = max(min(reuse, seq.prefill_target - 1), 0)
+        self.reused_tokens += seq.num_computed
+        return slot
+
+    def _free(self, slot: int) -> None:
+        self._clock += 1
+        self._released_at[slot] = self._clock
+        self._free_slots.append(slot)
 
     def committed(self, step: StepInput) -> None:
-        """The step ran: prefill chunks are now in the KV cache."""
+        """The step ran: copies are done, prefill chunks are now in the KV cache."""
+        self._copies = []
         by_slot = {s.slot: s for s in self.running}
         for chunk in step.prefill:
             by_slot[chunk.slot].num_computed += len(chunk.tokens)
@@ -130,19 +166,24 @@ class Scheduler:
         self.running = self.running[:keep]
         freed = []
         for seq in reversed(evicted):
-            self._free_slots.append(seq.slot)
+            self._free(seq.slot)
             freed.append(seq.slot)
             seq.slot = -1
             seq.status = SeqStatus.WAITING
             self.waiting.appendleft(seq)
         self.effective_max_batch_size = keep
+        lost = [c for c in self._copies if c.src in freed]  # their source KV is dropped
+        for seq in self.running:
+            if any(c.dst == seq.slot for c in lost):
+                seq.num_computed = 0  # still prefilling: nothing emitted, recompute it all
+        self._copies = [c for c in self._copies if c.src not in freed]
         return freed
 
     def finish(self, seq: Sequence) -> None:
         """Remove a finished or cancelled sequence (running or waiting); free its slot."""
         if seq.status == SeqStatus.RUNNING:
             self.running.remove(seq)
-            self._free_slots.append(seq.slot)
+            self._free(seq.slot)
         elif seq.status == SeqStatus.WAITING:
             self.waiting.remove(seq)
         seq.status = SeqStatus.FINISHED

@@ -31,10 +31,18 @@ class DecodeItem:
     pos: int  # its position in the sequence
 
 
+@dataclass(frozen=True, slots=True)
+class PrefixCopy:
+    src: int  # a slot (free or running) whose KV holds the prefix; left unchanged
+    dst: int  # the free slot a joining sequence got; it then holds positions [0, n) of src
+    n: int
+
+
 @dataclass(slots=True)
 class StepInput:
     decode: list[DecodeItem] = field(default_factory=list)
     prefill: list[PrefillChunk] = field(default_factory=list)
+    copies: list[PrefixCopy] = field(default_factory=list)  # done before the forward pass
 
     @property
     def num_tokens(self) -> int:
@@ -91,17 +99,24 @@ class Backend(abc.ABC):
     def release(self, slot: int) -> None:
         """Forget the slot's KV cache; the slot may be reused at once."""
 
-    # Prefix caching (optional): a backend that can keep the KV of a prompt prefix that
-    # other requests share (a system prompt, a chat template's preamble) says so here.
+    # Prefix reuse (optional): a backend that keeps a slot's KV after its sequence leaves
+    # (until ``release``) says so here; the scheduler then admits a sequence into the free
+    # slot holding the longest prefix of it and prefills only the rest. The backend drops
+    # the kept positions from ``start_pos`` on when a prefill chunk arrives for the slot.
     supports_prefix_cache: bool = False
+    # ... and can copy a prefix of one slot's KV into another (``StepInput.copies``)
+    supports_prefix_copy: bool = False
 
     def cached_prefix(self, slot: int, tokens: Sequence[int]) -> int:
-        """How many leading ``tokens`` the (free) slot's KV already holds."""
+        """How many leading ``tokens`` the slot's KV already holds."""
+        return 0
+
+    def kept_tokens(self, slot: int) -> int:
+        """How many positions the slot's KV holds."""
         return 0
 
     def release_keeping(self, slot: int, keep: int) -> None:
-        """Like ``release``, but keep the KV of the first ``keep`` positions (a prefix
-        other requests share; never customer-specific text)."""
+        """Like ``release``, but keep the KV of the first ``keep`` positions."""
         self.release(slot)
 
     @abc.abstractmethod

@@ -233,6 +233,8 @@ class LlamaCppBackend(Backend):
         n = batch.num_tokens
         if n > self._n_batch:
             raise OutOfMemory(f"step has {n} tokens; the llama batch holds {self._n_batch}")
+        for cp in batch.copies:  # before any truncation: a source may be trimmed below
+            self._copy_prefix(cp.src, cp.dst, cp.n)
         for c in batch.prefill:  # a reused slot may hold more than the prefix it shares
             if len(self._held[c.slot]) > c.start_pos:
                 self.release_keeping(c.slot, c.start_pos)
@@ -284,6 +286,19 @@ class LlamaCppBackend(Backend):
         self.release_keeping(slot, 0)
 
     supports_prefix_cache = True
+    supports_prefix_copy = True
+
+    def kept_tokens(self, slot: int) -> int:
+        return len(self._held[slot])
+
+    def _copy_prefix(self, src: int, dst: int, n: int) -> None:
+        # with a KV stream per sequence, llama.cpp copies between sequences as whole streams
+        # (the copy runs at the next llama_decode, before its batch): copy, then trim
+        lc = self._lc
+        lc.llama_memory_seq_rm(self._mem, dst, -1, -1)
+        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        lc.llama_memory_seq_rm(self._mem, dst, n, -1)
+        self._held[dst] = self._held[src][:n]
 
     def cached_prefix(self, slot: int, tokens: Sequence[int]) -> int:
         held = self._held[slot]
