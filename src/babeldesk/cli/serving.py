@@ -28,7 +28,8 @@ def worker(
     served_model_name: Optional[str] = typer.Option(None),
     prefix_cache: Optional[bool] = typer.Option(
         None, "--prefix-cache/--no-prefix-cache",
-        help="llamacpp: keep the KV of prompt prefixes shared between requests (default on)."),
+        help="llamacpp: keep each slot's KV after its request; a request reuses the longest "
+             "common prefix (default on)."),
     requantize: Optional[str] = typer.Option(
         None, help="llamacpp: none | q4_0 | iq4_nl | q8_0 — re-encode the GGUF once (cached) into "
         "weights whose CPU kernels batch: more tokens/s under concurrency, answers change a little."),
