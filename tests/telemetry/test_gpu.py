@@ -72,30 +72,38 @@ class FakeNvml:
         return SimpleNamespace(used=used, total=total, free=total - used)
 
 
-def test_absent_for_real_without_gpu() -> None:
-    """No GPU / driver here: the real pynvml (or its absence) yields no sampler and no
-    gpu_* series in /metrics."""
+def test_real_nvml_gauges_match_the_machine() -> None:
+    """The real pynvml: without a GPU / driver, no sampler and no gpu_* series in /metrics;
+    with one (a GPU machine), a sample sets the memory gauges of every GPU."""
     metrics = Metrics("worker")
     sampler = GpuSampler.open(metrics)
-    if sampler is not None:  # pragma: no cover - only on a machine with a GPU
+    if sampler is None:
+        assert _samples(metrics) == {}
+        assert "babeldesk_gpu_utilization_ratio{" not in metrics.render().decode()
+        return
+    try:  # pragma: no cover - only on a machine with a GPU
+        sampler.sample()
+        totals = [v for (name, _), v in _samples(metrics).items()
+                  if name == "babeldesk_gpu_memory_total_bytes"]
+        assert len(totals) == sampler.gpu_count and all(v > 0 for v in totals)
+    finally:
         sampler.close()
-        pytest.skip("this machine has a GPU; the absent path cannot be shown here")
-    assert _samples(metrics) == {}
-    assert "babeldesk_gpu_utilization_ratio{" not in metrics.render().decode()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pynvml") is None, reason="gpu extra missing")
+@pytest.mark.skipif(importlib.util.find_spec("pynvml") is None, reason="nvidia-ml-py (pynvml; the test extra) not installed")
 def test_real_pynvml_reports_library_missing() -> None:
     import pynvml
 
     try:
         pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        pass  # the failure GpuSampler.open turns into "absent"
-    else:  # pragma: no cover
-        pynvml.nvmlShutdown()
-        pytest.skip("NVML works on this machine")
-    assert GpuSampler.open(Metrics("worker"), pynvml) is None  # type: ignore[arg-type]
+    except pynvml.NVMLError:  # the failure GpuSampler.open turns into "absent"
+        assert GpuSampler.open(Metrics("worker"), pynvml) is None  # type: ignore[arg-type]
+        return
+    # pragma: no cover - NVML works on this machine: the sampler opens over the real library
+    pynvml.nvmlShutdown()
+    sampler = GpuSampler.open(Metrics("worker"), pynvml)  # type: ignore[arg-type]
+    assert sampler is not None
+    sampler.close()
 
 
 def test_absent_when_module_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
