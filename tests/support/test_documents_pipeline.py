@@ -66,6 +66,9 @@ def help_center(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def pipeline(kb_and_matcher, engine, retriever: Retriever, cache=None) -> SupportPipeline:
     kb, matcher = kb_and_matcher
+    if len(retriever):  # as serve does: articles' languages, the matcher's neutralizer
+        detector = LanguageDetector()
+        retriever.use_languages(lambda text: detector.detect(text).language, matcher.neutralizer)
     store = StoreConfig(cache_url="memory://", sessions_url="memory://")
     return SupportPipeline(kb=kb, matcher=matcher, sessions=open_session_store(store),
                            cache=cache if cache is not None else open_answer_cache(store),

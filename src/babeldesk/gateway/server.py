@@ -6,6 +6,7 @@ background (``/ready`` 503 until done), and drain on SIGTERM.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -63,11 +64,16 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
         matcher_config = replace(matcher_config, verify_band=sup.verify_band)
     embedder = make_embedder(matcher_config.embedder, matcher_config.threads,
                              matcher_config.cache_dir)
+    # the help center shares the matcher's e5 (one model in memory) and so can rank
+    # across languages with the matcher's neutralizer (the same vectors); another
+    # matcher embedder: the help center loads e5-onnx and ranks by plain cosines
+    shared = embedder if matcher_config.embedder in (EmbedderKind.E5, EmbedderKind.E5_ONNX) \
+        else None
     progress = log_progress("intent matcher")
     # first start: the help center is indexed while the matcher embeds its anchors (both
     # cores busy); later starts read both back
     with ThreadPoolExecutor(1, thread_name_prefix="help-center") as pool:
-        pending = pool.submit(load_help_center, config) if sup.docs else None
+        pending = pool.submit(load_help_center, config, shared) if sup.docs else None
         IntentMatcher.prepare(kb, matcher_config, embedder, progress)
         documents = pending.result() if pending else None
     # the help center's section headings are anchors of the matcher: a question closer to
@@ -77,6 +83,11 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
     matcher = IntentMatcher.from_kb(
         kb, matcher_config, embedder=embedder, progress=progress,
         documents=[(h, detector.detect(h).language) for h in headings])
+    if documents is not None and len(documents):
+        langs = documents.use_languages(lambda text: detector.detect(text).language,
+                                        matcher.neutralizer if shared is not None else None)
+        log.info("help center languages: %s", dict(sorted(
+            collections.Counter(str(v) for v in langs.values()).items())))
     notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
                 if sup.handoff_webhook else None)
     redactor = Redactor(store.redact_phone_regions) if store.redact else None
@@ -88,7 +99,7 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
         documents=documents, bus=open_event_bus(store))
 
 
-def load_help_center(config: Config) -> Retriever:
+def load_help_center(config: Config, embedder: Any = None) -> Retriever:
     """The KB's docs/ folder, indexed (vectors from the cache where chunks are unchanged);
     progress and what was cached vs embedded go to the log. A refused article is logged
     and skipped (``support.docs_strict``: start-up fails instead)."""
@@ -106,7 +117,8 @@ def load_help_center(config: Config) -> Retriever:
     if sup.docs_threshold is not None:
         retrieval = replace(retrieval, threshold=sup.docs_threshold)
     retriever, docs = open_help_center(
-        folder, retrieval=retrieval, threads=sup.matcher_threads, strict=sup.docs_strict,
+        folder, retrieval=retrieval, embedder=embedder, threads=sup.matcher_threads,
+        strict=sup.docs_strict,
         store_dir=Path(sup.docs_cache_dir) if sup.docs_cache_dir else None,
         max_file_bytes=int(sup.docs_max_file_mb * 1024 * 1024), progress=progress)
     for problem in docs.refused:

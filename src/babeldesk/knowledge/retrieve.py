@@ -20,7 +20,7 @@ import enum
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from babeldesk.knowledge.index import (
     Scored,
     store_name,
 )
+from babeldesk.knowledge.neutral import Neutralizer
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,12 @@ def relevance_signal(cosines: np.ndarray, kind: Relevance) -> float:
 
 @dataclass(frozen=True, slots=True)
 class RetrievalConfig:
-    # chosen on the tuning questions (benchmarks/retrieval_eval.py): the lowest gap that
-    # lets through at most 10% of the questions no article answers (1 of 15); 59% of the
-    # answerable ones pass (the plain cosine: 23%)
+    # chosen on the tuning questions (benchmarks/retrieval_eval.py, e5 int8): the lowest
+    # gap that lets through at most 10% of the questions no article answers (1 of 15);
+    # 61% of the answerable ones pass (the plain cosine: 20%). Read from the plain e5
+    # cosines: the language-neutral ones separated worse on the same questions
     relevance: Relevance = Relevance.GAP
-    threshold: float = 0.03  # of the relevance signal; below: nothing relevant
+    threshold: float = 0.0275  # of the relevance signal; below: nothing relevant
     passages: int = 3  # at most this many passages go into the prompt
     # a passage after the first is kept when its cosine is within this of the best one
     margin: float = 0.04
@@ -120,21 +122,36 @@ class Retriever:
     def __len__(self) -> int:
         return len(self.index)
 
-    def search(self, text: str, k: int) -> list[Hit]:
+    def use_languages(self, detect: Callable[[str], str | None],
+                      neutralizer: Neutralizer | None) -> dict[str, str | None]:
+        """Detect each article's language (``detect`` on its title and first 1,000
+        characters) and rank across languages with ``neutralizer`` (fitted for this
+        index's embedder: pass the matcher's only when both use the same model).
+        Returns {article id: language}."""
+        by_doc: dict[str, list[Chunk]] = {}
+        for chunk in self.index.chunks:
+            by_doc.setdefault(chunk.doc_id, []).append(chunk)
+        langs = {doc: detect((chunks[0].title + "\n" + "\n".join(c.text for c in chunks))[:1000])
+                 for doc, chunks in by_doc.items()}
+        self.index.use_languages([langs[c.doc_id] for c in self.index.chunks], neutralizer)
+        return langs
+
+    def search(self, text: str, k: int, lang: str | None = None) -> list[Hit]:
         """The ``k`` best chunks by fused score."""
-        return self._hits(self.index.score(text), k)
+        return self._hits(self.index.score(text, lang=lang), k)
 
     def _hits(self, scored: Scored, k: int) -> list[Hit]:
         order = np.argsort(-scored.fused, kind="stable")[:k]
         return [Hit(self.index.chunks[i], float(scored.fused[i]), float(scored.dense[i]),
                     float(scored.bm25[i])) for i in order]
 
-    def retrieve(self, text: str) -> Retrieval:
+    def retrieve(self, text: str, lang: str | None = None) -> Retrieval:
+        """The passages for ``text``, written in ``lang`` (None: unknown)."""
         started = time.perf_counter()
         cfg = self.config
         if not len(self.index):
             return Retrieval((), False, 0.0, 0.0, time.perf_counter() - started)
-        scored = self.index.score(text)
+        scored = self.index.score(text, lang=lang)
         hits = self._hits(scored, max(cfg.passages * 3, 10))
         best = float(scored.dense.max())
         signal = relevance_signal(scored.dense, cfg.relevance)
@@ -144,14 +161,16 @@ class Retriever:
         return Retrieval(tuple(kept), signal >= cfg.threshold, best, signal,
                          time.perf_counter() - started)
 
-    async def aretrieve(self, text: str) -> Retrieval:
+    async def aretrieve(self, text: str, lang: str | None = None) -> Retrieval:
         """``retrieve`` in a worker thread: the query embedding is 10-20 ms of CPU."""
-        return await asyncio.to_thread(self.retrieve, text)
+        return await asyncio.to_thread(self.retrieve, text, lang)
 
-    def rank_documents(self, text: str, k: int, pooling: str = "max") -> list[str]:
+    def rank_documents(self, text: str, k: int, pooling: str = "max",
+                       lang: str | None = None) -> list[str]:
         """Article ids, best first, each scored by its chunks (``max`` or ``max+mean``:
         the best chunk plus a tenth of the mean of its chunks)."""
-        return rank_documents(self.index.chunks, self.index.score(text).fused, k, pooling)
+        return rank_documents(self.index.chunks, self.index.score(text, lang=lang).fused, k,
+                              pooling)
 
 
 def rank_documents(chunks: Sequence[Chunk], scores: np.ndarray, k: int,
@@ -195,7 +214,7 @@ def open_help_center(docs_folder: Path, *, retrieval: RetrievalConfig | None = N
     if embedder is None:
         if not docs.chunks:  # no help center: no embedder loaded for it
             return Retriever(DocumentIndex.empty(IndexConfig()), retrieval), docs
-        embedder = make_embedder(EmbedderKind.E5, threads)
+        embedder = make_embedder(EmbedderKind.E5_ONNX, threads, default_cache_dir())
         assert embedder is not None
     store = store_path(store_dir or default_store_dir(), embedder, docs_folder)
     built = DocumentIndex.build(docs.chunks, embedder, index or IndexConfig(), store, progress)

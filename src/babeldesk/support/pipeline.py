@@ -372,7 +372,7 @@ class SupportPipeline:
             async for item in self._model_answer(transcript, text, lang, match, live):
                 yield item
             return
-        retrieval = await self.documents.aretrieve(text)
+        retrieval = await self.documents.aretrieve(text, lang)
         self.metrics.retrieval_duration_seconds.observe(retrieval.seconds)
         if not retrieval.relevant or self.model is None:
             yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
