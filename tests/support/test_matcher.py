@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from babeldesk.errors import ConfigError
+from babeldesk.knowledge.anchors import load_anchors, normalize
 from babeldesk.knowledge.embed import EmbedderKind, embed_cached
 from babeldesk.knowledge.intents import IntentScorer, Scores, calibrate, decide
 from babeldesk.support.kb import load_kb
@@ -22,8 +23,6 @@ from babeldesk.support.matcher import (
     Match,
     MatcherConfig,
     llm_verifier,
-    load_anchors,
-    normalize,
     parse_verifier_answer,
     verifier_prompt,
 )
