@@ -31,7 +31,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from babeldesk.autoscale.policy import PolicyConfig, Sample, decide
-from babeldesk.errors import InvalidRequest, Unavailable
+from babeldesk.errors import ConfigError, InvalidRequest, Unavailable
 
 PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})  # not traffic
 REQUESTS_TOTAL = "babeldesk_requests_total"
@@ -238,6 +238,37 @@ class KubernetesScaler:
         # a JSON merge patch of the scale subresource: only spec.replicas changes
         self._call("PATCH", body=f'{{"spec":{{"replicas":{int(replicas)}}}}}',
                    content_type="application/merge-patch+json")
+
+
+def make_source(client: httpx.Client, metrics_urls: Sequence[str] = (),
+                prometheus: str | None = None, query: str | None = None,
+                routes: Sequence[str] = ()) -> QpsSource:
+    """Where the offered QPS is read: the workers' own /metrics, or a Prometheus query."""
+    if bool(metrics_urls) == bool(prometheus):
+        raise ConfigError("--metrics-url / --prometheus",
+                          "give --metrics-url (one or more) or --prometheus")
+    if metrics_urls:
+        return GatewayMetrics(list(metrics_urls), client, routes=list(routes) or None)
+    return PrometheusQps(prometheus or "", query or PrometheusQps.DEFAULT_QUERY, client)
+
+
+def make_scaler(client: httpx.Client, *, deployment: str, namespace: str | None = None,
+                api_server: str | None = None, token_file: Path | None = None,
+                dry_run: bool = False, replicas: int | None = None) -> Scaler:
+    """The Deployment's scale: through ``api_server`` (e.g. kubectl proxy) or in-cluster.
+    A dry run starts from ``replicas`` or reads them once, then changes nothing."""
+    scaler: Scaler
+    if dry_run and replicas is not None:
+        return DryRunScaler(replicas)
+    if api_server is not None:
+        scaler = KubernetesScaler(api_server, namespace or "default", deployment, client,
+                                  token_file)
+    elif dry_run and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise ConfigError("--dry-run", "a dry run outside a cluster needs --replicas N "
+                          "(or --api-server to read it)")
+    else:
+        scaler = KubernetesScaler.in_cluster(namespace, deployment)
+    return DryRunScaler(scaler.get_replicas()) if dry_run else scaler
 
 
 # --- the loop -------------------------------------------------------------------------------

@@ -144,18 +144,13 @@ def autoscale_run(
 ) -> None:
     """Read the offered QPS, apply the policy to the worker Deployment's scale."""
     import json as _json
-    import os
     from datetime import datetime, timezone as _tz
 
     import httpx
 
-    from babeldesk.autoscale.controller import (
-        DryRunScaler, GatewayMetrics, KubernetesScaler, PrometheusQps, Scaler, run_controller,
-    )
+    from babeldesk.autoscale.controller import make_scaler, make_source, run_controller
     from babeldesk.errors import BabeldeskError
 
-    if bool(metrics_url) == bool(prometheus):
-        fail("give --metrics-url (one or more) or --prometheus")
     if output not in ("text", "json"):
         fail("--output must be text or json")
     try:
@@ -164,21 +159,10 @@ def autoscale_run(
                                 scale_up_cooldown_s, scale_down_cooldown_s, offpeak_start,
                                 offpeak_end, timezone)
         client = httpx.Client(timeout=10.0)
-        source = (GatewayMetrics(metrics_url, client, routes=route or None) if metrics_url
-                  else PrometheusQps(prometheus or "", query or PrometheusQps.DEFAULT_QUERY, client))
-        scaler: Scaler
-        if dry_run and replicas is not None:
-            scaler = DryRunScaler(replicas)
-        elif api_server is not None:
-            scaler = KubernetesScaler(api_server, namespace or "default", deployment, client,
-                                      token_file)
-        elif dry_run and not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            fail("a dry run outside a cluster needs --replicas N (or --api-server to read it)")
-            return
-        else:
-            scaler = KubernetesScaler.in_cluster(namespace, deployment)
-        if dry_run and not isinstance(scaler, DryRunScaler):
-            scaler = DryRunScaler(scaler.get_replicas())  # read once, then change nothing
+        source = make_source(client, metrics_url, prometheus, query, route)
+        scaler = make_scaler(client, deployment=deployment, namespace=namespace,
+                             api_server=api_server, token_file=token_file, dry_run=dry_run,
+                             replicas=replicas)
 
         def show(d: Decision) -> None:
             if output == "json":
