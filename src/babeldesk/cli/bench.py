@@ -116,7 +116,8 @@ def bench(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from babeldesk.bench import loadgen, report as bench_report, slo as slo_mod, workload as wl
+    from babeldesk.bench import loadgen, report as bench_report, run as bench_run
+    from babeldesk.bench.slo import Slo
     from babeldesk.errors import BabeldeskError
 
     console = Console()
@@ -130,21 +131,13 @@ def bench(
         tcfg = loadgen.TargetConfig(kind, url, stream=stream, model=model,
                                     max_tokens=max_tokens, api_key=api_key, timeout_s=timeout)
         lcfg = loadgen.LoadConfig(load_mode, requests, rate, concurrency, duration, seed=seed)
-        slo = slo_mod.Slo(slo_ms, slo_quantile, slo_metric)
-        if workload == "builtin":
-            mix = wl.Mix(free_form_share, intent_skew,
-                         wl.parse_languages(languages) if languages else dict(wl.LANGUAGE_WEIGHTS))
-            items = wl.builtin_workload(requests, mix, seed)
-            wdesc: dict[str, object] = {"kind": "builtin", "free_form_share": free_form_share,
-                                        "intent_skew": intent_skew, "languages": dict(mix.languages),
-                                        "seed": seed}
-        else:
-            items = wl.load_jsonl(workload)
-            wdesc = {"kind": "jsonl", "path": workload, "messages": len(items)}
+        slo = Slo(slo_ms, slo_quantile, slo_metric)
+        work = bench_run.make_workload(workload, requests, free_form_share=free_form_share,
+                                       intent_skew=intent_skew, languages=languages, seed=seed)
         tgt = loadgen.make_target(tcfg)
 
         def progress_run(load: loadgen.LoadConfig, label: str,
-                         batch: list[wl.WorkItem]) -> loadgen.RunResult:
+                         batch: list) -> loadgen.RunResult:
             cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("errors {task.fields[errors]}"), TimeElapsedColumn())
             with Progress(*cols, console=console, transient=False) as bar:
@@ -158,34 +151,10 @@ def bench(
 
                 return asyncio.run(loadgen.run_load(tgt, batch, load, on_result))
 
-        label = (f"open loop {rate:g} req/s" if load_mode == loadgen.LoadMode.OPEN
-                 else f"closed loop x{concurrency}")
-        run = progress_run(lcfg, label, items)
-        summary = bench_report.summarize(run, slo)
-        trials: list[slo_mod.Trial] = []
-        slo_rps = None
-        if search:
-            start = search_start_rate or max(0.1, summary["achieved_rps"] / 2)
-
-            async def at_rate(r: float) -> slo_mod.Trial:
-                trial_items = (wl.builtin_workload(trial_requests, mix, seed + len(trials) + 1)
-                               if workload == "builtin" else items)
-                load = loadgen.LoadConfig(loadgen.LoadMode.OPEN, trial_requests, r,
-                                          seed=seed + len(trials) + 1)
-                t = slo_mod.judge(await asyncio.to_thread(
-                    progress_run, load, f"SLO trial {len(trials) + 1}: {r:.2f} req/s",
-                    trial_items), slo)
-                trials.append(t)
-                return t
-
-            slo_rps, _ = asyncio.run(slo_mod.slo_search(
-                at_rate, start_rate=start, max_rate=max(search_max_rate, start),
-                max_trials=search_trials))
-        doc = bench_report.bench_document(
-            summary, target={"kind": kind.value, "url": url, "stream": stream,
-                             "model": getattr(tgt, "model", model) or None},
-            workload=wdesc, trials=trials, slo_rps=slo_rps,
-            model=getattr(tgt, "model", model), device=device)
+        search_plan = bench_run.Search(search_start_rate, search_max_rate, search_trials,
+                                       trial_requests) if search else None
+        run, doc = bench_run.run_bench(tgt, tcfg, lcfg, work, slo, progress_run,
+                                       search=search_plan, device=device)
     except BabeldeskError as exc:
         fail(exc.message)
         return
@@ -198,7 +167,7 @@ def bench(
             console.print("no bench.png: matplotlib not installed (extra `plot`)")
     for path in written:
         console.print(f"wrote {path}", highlight=False)
-    if summary["ok"] == 0:
+    if doc["summary"]["ok"] == 0:
         fail("no request was answered")
 
 
