@@ -43,11 +43,10 @@ from babeldesk.support.language import (
     DEFAULT_WEIGHTS,
     DetectorWeights,
     LanguageDetector,
-    LanguageLock,
-    LockState,
     Prior,
     text_weight,
 )
+from babeldesk.support.language_lock import LanguageLock, LockState
 
 Row = tuple[str, str, str]  # (lang, text, style)
 

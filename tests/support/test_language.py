@@ -12,10 +12,6 @@ from babeldesk.support.language import (
     UNDETERMINED,
     Detection,
     LanguageDetector,
-    LanguageLock,
-    LockPolicy,
-    LockReason,
-    LockState,
     Prior,
     accept_language,
     kb_vocabulary,
@@ -24,6 +20,7 @@ from babeldesk.support.language import (
     script_language,
     text_weight,
 )
+from babeldesk.support.language_lock import LanguageLock, LockPolicy, LockReason, LockState
 from babeldesk.support.lexicon import fold, words
 
 

