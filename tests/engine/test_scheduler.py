@@ -126,6 +126,15 @@ def test_a_new_conversation_takes_an_empty_slot_not_another_conversation() -> No
     assert new.slot == 1 and new.num_computed == 0 and not step.copies
 
 
+def test_when_every_slot_loses_something_the_longest_prefix_then_lru_is_taken() -> None:
+    kept = Kept({0: [1, 2, 9], 1: [1, 2, 3, 8], 2: [1, 2, 3, 7]})
+    s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64, kept=kept)
+    seq = make_seq(5)  # 1..5: slots 1 and 2 share 3 tokens, slot 0 shares 2
+    s.add(seq)
+    s.schedule()
+    assert seq.slot in (1, 2) and seq.num_computed == 3
+
+
 def test_among_slots_that_lose_something_the_least_recently_freed_is_taken() -> None:
     kept = Kept({0: [7], 1: [8], 2: [9]})
     s = Scheduler(max_batch_size=3, max_queue=4, prefill_budget=64, kept=kept)

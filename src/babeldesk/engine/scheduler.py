@@ -6,10 +6,11 @@ long prompt never stalls everyone else's decoding).
 
 Prefix reuse (when the backend keeps a slot's KV after its sequence leaves): a joining
 sequence takes a free slot that loses nothing (one holding only a prefix of it, the
-longest such, e.g. its own conversation's last turn; or an empty one), else the least
-recently freed slot, as llama-server's ``get_available_slot`` does (longest common prefix,
-else LRU). It then prefills only what that slot does not hold. When another slot, free
-or running, holds a longer prefix (the system prompt, a conversation a second request
+longest such, e.g. its own conversation's last turn; or an empty one), else the free slot
+sharing the longest prefix with it, the least recently freed among equals, as
+llama-server's ``get_available_slot`` does (longest common prefix, else LRU). It then
+prefills only what that slot does not hold. When another slot, free or running, holds a
+prefix longer by >= MIN_COPY_TOKENS (the system prompt, a conversation a second request
 continues) and the backend copies KV between slots, the step first copies that prefix
 into the chosen slot: the source keeps its own KV untouched.
 """
@@ -18,16 +19,17 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Protocol, Sequence as Seq
+from collections.abc import Sequence as Seq
+from typing import Protocol
 
 from babeldesk.engine.backends.base import DecodeItem, PrefillChunk, PrefixCopy, StepInput
 from babeldesk.engine.sequence import SeqStatus, Sequence
 from babeldesk.errors import QueueFull
 
-
-# a copy must save at least this many prompt tokens: it costs a KV-buffer copy (llamacpp:
-# the whole slot, ~24 MiB for qwen2.5-0.5b at max_model_len 2048)
-MIN_COPY_TOKENS = 16
+# a copy must save at least this many prompt tokens: llamacpp copies the whole slot's KV
+# buffer (qwen2.5-0.5b, max_model_len 2048: 24 MiB, +17 ms on a 1-token step on the shared
+# 2-core EPYC under load, where that step took 103 ms and a prompt token ~10-50 ms)
+MIN_COPY_TOKENS = 4
 
 
 class KeptKV(Protocol):
@@ -121,11 +123,11 @@ class Scheduler:
         tokens = seq.tokens
         hit = {s: kept.cached_prefix(s, tokens) for s in self._free_slots}
 
-        def keep_order(i: int) -> tuple[int, int]:
+        def keep_order(i: int) -> tuple[int, int, int]:
             slot = self._free_slots[i]
             if hit[slot] == kept.kept_tokens(slot):  # holds only a prefix of seq (or nothing)
-                return (1, hit[slot])
-            return (0, -self._released_at[slot])
+                return (1, hit[slot], 0)
+            return (0, hit[slot], -self._released_at[slot])
 
         slot = self._free_slots.pop(max(range(len(self._free_slots)), key=keep_order))
         reuse = hit[slot]
