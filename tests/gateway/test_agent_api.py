@@ -183,6 +183,7 @@ def test_handoff_claim_translate_reply_return(desk: WorkerProcess, hooks: Receiv
                 s.cancel()
 
     asyncio.run(run())
+    asyncio.run(until(lambda: any(e["type"] == "agent.joined" for e in hooks.received), 30))
     kinds = [e["type"] for e in hooks.received]
     assert kinds.count("handoff.requested") == 1 and kinds.count("agent.joined") == 1
     check_schemas(hooks.received)
@@ -204,7 +205,8 @@ def test_closed_conversation_refuses_replies_and_untranslatable_is_flagged(
     turn = r.json()["turn"]
     assert turn["untranslated"] is True and turn["translation"] is None
     customer = c.get(f"/v1/support/sessions/{sid}").json()
-    assert customer["turns"][-1]["text"] == "👍👍👍" and customer["turns"][-1]["translated"] is False
+    last = customer["turns"][-1]
+    assert last["text"] == "👍👍👍" and last["translated"] is False
     assert c.post(f"/v1/agent/conversations/{sid}/close", headers=auth(ANA)).status_code == 403
     assert c.post(f"/v1/agent/conversations/{sid}/close", headers=auth(BEN)).status_code == 200
     n = len(c.get(f"/v1/agent/conversations/{sid}", headers=auth(BEN)).json()["turns"])
@@ -217,6 +219,36 @@ def test_closed_conversation_refuses_replies_and_untranslatable_is_flagged(
                   json={"language": "en"}).status_code == 404
     assert c.post(f"/v1/agent/conversations/{sid}/claim", headers=auth(BEN),
                   json={"language": 7}).status_code == 400
+    asyncio.run(until(lambda: any(e["type"] == "conversation.closed" for e in hooks.received),
+                      30))
     check_schemas(hooks.received)
     closed = [e for e in hooks.received if e["type"] == "conversation.closed"]
     assert [e["session_id"] for e in closed] == [sid] and closed[0]["agent"] == "ben"
+
+
+def test_ratings_are_stored_counted_and_sent(desk: WorkerProcess, hooks: Receiver) -> None:
+    c = httpx.Client(base_url=desk.url, timeout=180)
+    first = c.post("/v1/support/messages", json={"message": "¿Cuánto cuesta el envío?"}).json()
+    sid = first["session_id"]
+    assert first["source"] in ("knowledge_base", "cache")
+    assert c.post(f"/v1/support/sessions/{sid}/rating", json={"value": "up"}).status_code == 200
+    assert c.post(f"/v1/support/sessions/{sid}/rating", json={"value": "meh"}).status_code == 400
+    assert c.post(f"/v1/support/sessions/{sid}/rating", json=["up"]).status_code == 400
+    assert c.post("/v1/support/sessions/unknown-1/rating",
+                  json={"value": "up"}).status_code == 404
+    turns = c.get(f"/v1/support/sessions/{sid}").json()["turns"]
+    assert [(x["role"], x["source"], x["text"]) for x in turns][-1] == ("system", "rating", "up")
+    metrics = c.get("/metrics").text
+    assert ('babeldesk_ratings_total{intent="shipping_cost",language="es",value="up"} 1.0'
+            in metrics)
+    assert ('babeldesk_conversations_total{intent="shipping_cost",language="es",'
+            'outcome="resolved_confirmed"} 1.0') in metrics
+    def rated_events() -> list[dict]:
+        return [e for e in hooks.received if e["type"] == "conversation.rated"
+                and e["session_id"] == sid]
+
+    asyncio.run(until(lambda: bool(rated_events()), 30))  # delivered in the background
+    rated = rated_events()
+    assert len(rated) == 1 and rated[0]["rating"] == "up"
+    assert rated[0]["rated_source"] == first["source"]
+    check_schemas(rated)

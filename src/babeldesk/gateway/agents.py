@@ -1,5 +1,6 @@
 """The agent API (operator surface) and the live event streams.
 
+  GET  /agent                                        the console (plain HTML + JS)
   GET  /v1/agent/queue                               conversations waiting for an agent
   GET  /v1/agent/conversations/{id}?language=en      transcript, customer turns translated
   POST /v1/agent/conversations/{id}/claim   {language}   waiting -> with_agent (409 if taken)
@@ -10,6 +11,7 @@
   GET  /v1/agent/conversations/{id}/events           SSE: everything in that conversation
   GET  /v1/support/sessions/{id}/events              SSE for the customer's page: agent
                                                      replies in the customer's language
+  POST /v1/support/sessions/{id}/rating     {value}      thumbs up / down (public surface)
 
 Errors: no or unknown key 401; a key that is not an agent's 403; a conversation another
 agent owns 403; not claimed, already claimed, closed or back with the assistant 409; a
@@ -24,10 +26,11 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from babeldesk.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from babeldesk.gateway.app import SESSION_ID, GatewayState, customer_turn
@@ -138,6 +141,14 @@ async def agent_view(desk: AgentDesk, session_id: str, language: str | None) -> 
 
 def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
     limit = state.config.gateway.max_body_bytes
+    console = resources.files("babeldesk.gateway").joinpath("static", "agent.html").read_text(
+        "utf-8")
+
+    @app.get("/agent", response_class=HTMLResponse)
+    async def agent_console() -> HTMLResponse:
+        """The console page; everything it shows comes from the agent API with the key the
+        agent types in (kept in the tab's sessionStorage)."""
+        return HTMLResponse(console, headers={"Cache-Control": "no-store"})
 
     def ready() -> SupportPipeline:
         return state.require()
@@ -201,6 +212,11 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
         desk = ready().desk
         await desk.sessions.transcript(_sid(session_id), last=0)  # 404 for an unknown one
         return event_stream(desk.bus, session_channel(session_id))
+
+    @app.post("/v1/support/sessions/{session_id}/rating")
+    async def rate(session_id: str, request: Request) -> dict[str, Any]:
+        body = await _body(request, limit)
+        return await ready().desk.rate(_sid(session_id), body.get("value"))  # type: ignore[arg-type]
 
     @app.get("/v1/support/sessions/{session_id}/events")
     async def customer_events(session_id: str) -> StreamingResponse:

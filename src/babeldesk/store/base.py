@@ -233,6 +233,11 @@ class SessionStore(Protocol):
         """Conversations in ``waiting_for_agent``, longest waiting first: (id, since)."""
         ...
 
+    async def session_ids(self, updated_since: float) -> list[str]:
+        """Every live session written at or after ``updated_since`` (Unix seconds), for
+        reports; no order."""
+        ...
+
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript: ...
 
     async def delete(self, session_id: str) -> None:

@@ -144,6 +144,12 @@ class MemorySessionStore:
         return Transcript(session_id, s.created_at, tuple(turns), s.language, s.handoff_reason,
                           s.state, s.agent, s.agent_language, s.state_since)
 
+    async def session_ids(self, updated_since: float) -> list[str]:
+        # touched is monotonic: compare ages
+        age = time.time() - updated_since
+        return [sid for sid in list(self._sessions) if await self.exists(sid)
+                and time.monotonic() - self._sessions[sid].touched <= age]
+
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
         found = []
         for sid in list(self._sessions):

@@ -351,6 +351,20 @@ class RedisSessionStore:
             raise self._unknown(session_id)
         return language  # type: ignore[no-any-return]
 
+    async def session_ids(self, updated_since: float) -> list[str]:
+        """SCAN over the sessions' meta keys (a report, not a request path)."""
+        out: list[str] = []
+        pattern = self._prefix + "{*}:meta"
+        try:
+            async for key in self._redis.scan_iter(match=pattern, count=1000):
+                updated = await self._redis.hget(key, "updated_at")
+                if updated is not None and float(updated) >= updated_since:
+                    out.append(str(key)[len(self._prefix) + 1:-len("}:meta")])
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"session store unavailable: {exc}",
+                              retry_after=self.retry_after_s) from exc
+        return out
+
     async def ping(self) -> None:
         await self._call(self._redis.ping())
 

@@ -42,7 +42,7 @@ from babeldesk.store.base import KEEP, Guard, Keep, State, Transcript, Turn
 from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 from babeldesk.store.sqlite_rows import INSERT_TURN, SELECT_TURN, create_schema, row_turn
-from babeldesk.store.sqlite_rows import turn_row, waiting_rows
+from babeldesk.store.sqlite_rows import deliver, ids_since, turn_row, waiting_rows
 from babeldesk.store.sqlite_rows import sqlite_path as sqlite_path  # imported from here
 
 T = TypeVar("T")
@@ -105,6 +105,9 @@ class SqliteSessionStore:
         except sqlite3.Error as exc:
             raise Unavailable(f"session store unavailable: {exc}",
                               retry_after=self.retry_after_s) from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda: self._tx(fn, write=False))
 
     def _commit_group(self, group: list[Callable[[sqlite3.Connection], Any]],
                       conn: sqlite3.Connection | None = None) -> list[tuple[bool, Any]]:
@@ -211,17 +214,7 @@ class SqliteSessionStore:
 
     def _deliver(self, batch: list[tuple[Any, asyncio.Future[Any]]],
                  exc: BaseException | None, results: list[tuple[bool, Any]]) -> None:
-        if isinstance(exc, sqlite3.Error):
-            exc = Unavailable(f"session store unavailable: {exc}", retry_after=self.retry_after_s)
-        for i, (_, fut) in enumerate(batch):
-            if fut.done():  # the caller was cancelled; its write is committed (or not) anyway
-                continue
-            if exc is not None:
-                fut.set_exception(exc)
-            elif results[i][0]:
-                fut.set_result(results[i][1])
-            else:
-                fut.set_exception(results[i][1])
+        deliver(batch, exc, results, self.retry_after_s)
 
     def _live(self, conn: sqlite3.Connection, session_id: str) -> tuple[Any, ...]:
         row = conn.execute(
@@ -251,7 +244,7 @@ class SqliteSessionStore:
 
     async def exists(self, session_id: str) -> bool:
         try:
-            await self._run(lambda: self._tx(lambda c: self._live(c, session_id), write=False))
+            await self._read(lambda c: self._live(c, session_id))
         except NotFound:
             return False
         return True
@@ -373,13 +366,16 @@ class SqliteSessionStore:
         await self._update(session_id, "language", language)
 
     async def get_language(self, session_id: str) -> str | None:
-        row = await self._run(lambda: self._tx(lambda c: self._live(c, session_id), write=False))
+        row = await self._read(lambda c: self._live(c, session_id))
         return row[2]  # type: ignore[no-any-return]
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
         since = time.time() - self.ttl_s  # expired sessions are not waiting
-        return await self._run(lambda: self._tx(lambda c: waiting_rows(c, since, limit),
-                                                write=False))
+        return await self._read(lambda c: waiting_rows(c, since, limit))
+
+    async def session_ids(self, updated_since: float) -> list[str]:
+        since = max(updated_since, time.time() - self.ttl_s)
+        return await self._read(lambda c: ids_since(c, since))
 
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1").fetchone())

@@ -6,11 +6,13 @@ in one JSON column, ``extra``, so adding such a field needs no schema change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+from babeldesk.errors import Unavailable
 from babeldesk.store.base import Turn
 
 SCHEMA = """
@@ -89,3 +91,24 @@ def waiting_rows(conn: sqlite3.Connection, since: float, limit: int) -> list[tup
         " AND updated_at >= ? ORDER BY state_since LIMIT ?",
         ("waiting_for_agent", since, limit)).fetchall()
     return [(r[0], float(r[1])) for r in rows]
+
+
+def ids_since(conn: sqlite3.Connection, since: float) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT id FROM sessions WHERE updated_at >= ?", (since,))]
+
+
+def deliver(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException | None,
+            results: list[tuple[bool, Any]], retry_after_s: float) -> None:
+    """A group commit's outcome to its callers: each its result or its own error, or all
+    the group's error (a sqlite error -> 503)."""
+    if isinstance(exc, sqlite3.Error):
+        exc = Unavailable(f"session store unavailable: {exc}", retry_after=retry_after_s)
+    for i, (_, fut) in enumerate(batch):
+        if fut.done():  # the caller was cancelled; its write is committed (or not) anyway
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        elif results[i][0]:
+            fut.set_result(results[i][1])
+        else:
+            fut.set_exception(results[i][1])

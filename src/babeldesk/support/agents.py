@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from babeldesk.errors import BabeldeskError, Conflict, Forbidden, GenerationFailed
+from babeldesk.errors import BabeldeskError, Conflict, Forbidden, GenerationFailed, InvalidRequest
 from babeldesk.store import (
     KEEP,
     AnswerCache,
@@ -37,6 +37,8 @@ from babeldesk.store import (
 from babeldesk.support.handoff import WebhookNotifier, conversation_event
 from babeldesk.support.language import LanguageDetector
 from babeldesk.support.prompt import relay_prompt
+from babeldesk.support.resolution import RATING_SOURCE, Outcome, Rating
+from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatModel, ChatRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,10 @@ class QueueItem:
 
 class AgentDesk:
     def __init__(self, sessions: SessionStore, bus: EventBus, translator: Translator, *,
-                 notifier: WebhookNotifier | None = None, public_url: str = "") -> None:
+                 notifier: WebhookNotifier | None = None, public_url: str = "",
+                 metrics: Metrics | None = None) -> None:
         self.sessions, self.bus, self.translator = sessions, bus, translator
+        self.metrics = metrics
         self.notifier = notifier  # the webhooks (docs/webhooks.md)
         self.public_url = public_url.rstrip("/")
 
@@ -156,6 +160,32 @@ class AgentDesk:
                                                 "state": State.WAITING.value})
         await self.bus.publish(session_channel(session_id),
                                {"type": "state", "state": State.WAITING.value})
+
+    async def rate(self, session_id: str, value: str) -> dict[str, Any]:
+        """The customer's thumbs up / down on the conversation's latest answer (assistant's
+        or agent's); stored as a system turn (``source: rating``), counted, sent as
+        ``conversation.rated``. 409 when nothing has been answered yet."""
+        if value not in (Rating.UP.value, Rating.DOWN.value):
+            raise InvalidRequest("value must be up or down", param="value")
+        t = await self.sessions.transcript(session_id)
+        rated = next((x for x in reversed(t.turns) if x.role == "agent" or (
+            x.role == "assistant" and x.source != "handoff")), None)
+        if rated is None:
+            raise Conflict("there is no answer to rate yet", state=t.state)
+        before = [x.text for x in t.turns if x.role == "system" and x.source == RATING_SOURCE]
+        lang = customer_language(t) or "und"
+        await self.sessions.record(session_id, (Turn("system", value, language=lang,
+                                                     source=RATING_SOURCE),))
+        intent = next((x.intent for x in t.turns if x.intent), None) or "none"
+        handed_off = bool(t.handoff_reason)
+        if self.metrics is not None:
+            self.metrics.ratings_total.labels(value, lang, intent).inc()
+            if value == Rating.UP.value and not handed_off and (before or ["-"])[-1] != value:
+                self.metrics.conversations_total.labels(
+                    Outcome.RESOLVED_CONFIRMED.value, lang, intent).inc()
+        self._emit("conversation.rated", t, {"rating": value, "rated_source": (
+            "agent" if rated.role == "agent" else rated.source)})
+        return {"session_id": session_id, "rating": value}
 
     # --- the agent's side ----------------------------------------------------------------
 

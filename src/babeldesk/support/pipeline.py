@@ -36,10 +36,10 @@ from babeldesk.store import (
     KEEP,
     AnswerCache,
     CacheKey,
+    EventBus,
     Guard,
     Keep,
     LookupResult,
-    EventBus,
     SessionStore,
     State,
     Transcript,
@@ -216,7 +216,7 @@ class SupportPipeline:
         # human agents: the queue, claims, replies, translation both ways, live events
         self.desk = AgentDesk(sessions, bus or MemoryEventBus(),
                               Translator(model, cache, self.detector), notifier=notifier,
-                              public_url=config.public_url)
+                              public_url=config.public_url, metrics=metrics)
 
     async def handle(self, request: SupportRequest) -> SupportReply:
         async for item in self.stream(request, live=False):
@@ -410,8 +410,10 @@ class SupportPipeline:
         facts = [Fact(c.intent_id, self.kb.answer(c.intent_id, lang)
                       or self.kb.answer(c.intent_id, "en") or "")
                  for c in match.candidates if not self.kb.intents[c.intent_id].handoff]
-        history = [ChatMessage("user" if t.role == "user" else "assistant", t.text)
-                   for t in transcript.turns if t.role in ("user", "assistant")]
+        # an agent's replies count as the assistant's, as the customer read them
+        history = [ChatMessage("user" if t.role == "user" else "assistant",
+                               t.translation if t.role == "agent" and t.translation else t.text)
+                   for t in transcript.turns if t.role in ("user", "assistant", "agent")]
         shop = self.kb.shop
         if retrieval is None:
             messages = answer_prompt(shop.persona, shop.name, lang, facts, history, text,
@@ -522,6 +524,8 @@ class SupportPipeline:
         self._messages(reply.language, reply.source).inc()
         if reason:
             self.metrics.handoffs_total.labels(reason).inc()
+            self.metrics.conversations_total.labels(
+                "handed_off", reply.language, reply.intent or "none").inc()
             if self.notifier is not None:
                 self.notifier.notify(event(session_id, HandoffReason(reason), reply.language,
                                            self.redact(text), reply.intent,

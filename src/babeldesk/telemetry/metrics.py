@@ -88,6 +88,14 @@ class Metrics:
             ["reason"], registry=r)
         self.cache_lookups_total = Counter(
             p + "cache_lookups_total", "Answer cache lookups", ["kind", "result"], registry=r)
+        # resolution (support/resolution.py): handed_off and resolved_confirmed as they
+        # happen; resolved_assumed needs a quiet window, so `babeldesk report` counts it
+        self.conversations_total = Counter(
+            p + "conversations_total", "Conversations by outcome as it happens",
+            ["outcome", "language", "intent"], registry=r)
+        self.ratings_total = Counter(
+            p + "ratings_total", "Customer ratings of answers (thumbs up / down)",
+            ["value", "language", "intent"], registry=r)
         # human agents (support/agents.py)
         self.agent_queue_depth = Gauge(
             p + "agent_queue_depth", "Conversations waiting for an agent (as last listed)",
