@@ -169,7 +169,8 @@ def test_every_panel_query_evaluates(prometheus: PrometheusProcess) -> None:
         "Queue depth and running sequences / A", "Batch size / B", "Tokens per second / A",
         "Answered without the model / A", "Cache hit ratio by kind / A",
         "Handoffs to a human / A", "Messages by language / A", "Messages by answer source / A",
-        "Answered under 100 ms / A",
+        "Answered under 100 ms / A", "Conversation outcomes by language / A",
+        "Handoffs by intent / A",
     ):
         assert results[name], f"{name}: no series"
     qps = {(s["metric"]["app"], s["metric"]["route"])
