@@ -107,7 +107,9 @@ class WorkerConfig:
     port: int = 8000
     drain_grace_s: float = 30.0  # SIGTERM: seconds to finish in-flight requests
     max_body_bytes: int = 1_000_000
-    api_key: str = ""  # empty: no auth
+    # bearer token required on /v1/* (the fleet sends fleet.api_key); "" = none. Never
+    # printed: repr leaves it out
+    api_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         _check("worker.port", 0 <= self.port <= 65535, "must be a TCP port")
@@ -215,7 +217,7 @@ class FleetConfig:
     max_connections: int = 256  # per fleet client, all upstreams together
     # idle keep-alive connections kept, all upstreams together (at most max_connections)
     max_keepalive: int = 256
-    api_key: str = ""  # bearer token sent to upstreams; "" = none
+    api_key: str = field(default="", repr=False)  # bearer token sent to upstreams; "" = none
 
     def __post_init__(self) -> None:
         for key in ("file_check_interval_s", "health_timeout_s", "breaker_reset_s",
@@ -305,10 +307,17 @@ class GatewayConfig:
     port: int = 8080
     max_message_chars: int = 4000  # longer customer messages get 413
     max_body_bytes: int = 1_000_000
-    api_key: str = ""  # bearer token required on /v1/*; "" = open
+    # operator keys (edge/auth.py): api_key is one key with every scope; keys_file a YAML
+    # list of named keys with scopes. With neither, the operator surface is open on a
+    # loopback host and refused on any other. Never printed: repr leaves them out
+    api_key: str = field(default="", repr=False)
+    keys_file: str = ""
+    # name the worker(s) that answered in x-babeldesk-upstream: for tests and debugging
+    # only, it tells clients internal addresses
+    upstream_header: bool = False
     drain_grace_s: float = 30.0
     # human agents' keys, "name:key" each (env: comma-separated); the name is the agent.
-    # Until operator keys with scopes exist, these are the agent API's keys
+    # (edge/auth.py: keys with the agent scope only; keys_file can name agents too)
     agent_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from tests.support.test_pipeline import Receiver
 pytestmark = pytest.mark.slow
 ANA = "ana-key-0123456789abcdef"
 BEN = "ben-key-0123456789abcdef"
+OPS = "ops-key-0123456789abcdef"  # an operator key with every scope (reads /metrics)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory, hooks: Receiver) -> Iterator[
     w = start_worker(tmp, "--model", "qwen2.5-0.5b", "--sessions", f"sqlite:///{tmp}/s.db",
                      "--max-message-chars", "2000", "--no-verifier", command="serve",
                      env={"BABELDESK_GATEWAY_AGENT_KEYS": f"ana:{ANA},ben:{BEN}",
+                          "BABELDESK_GATEWAY_API_KEY": OPS,
                           "BABELDESK_SUPPORT_HANDOFF_WEBHOOK": hooks.url,
                           "BABELDESK_SUPPORT_PUBLIC_URL": "https://desk.example.com"})
     yield w
@@ -238,7 +240,7 @@ def test_ratings_are_stored_counted_and_sent(desk: WorkerProcess, hooks: Receive
                   json={"value": "up"}).status_code == 404
     turns = c.get(f"/v1/support/sessions/{sid}").json()["turns"]
     assert [(x["role"], x["source"], x["text"]) for x in turns][-1] == ("system", "rating", "up")
-    metrics = c.get("/metrics").text
+    metrics = c.get("/metrics", headers=auth(OPS)).text
     assert ('babeldesk_ratings_total{intent="shipping_cost",language="es",value="up"} 1.0'
             in metrics)
     assert ('babeldesk_conversations_total{intent="shipping_cost",language="es",'

@@ -31,7 +31,7 @@ def gateway(upstreams: list[FaultyServer], **gw: Any) -> Iterator[tuple[str, Gat
     fleet_cfg = FleetConfig(upstreams=tuple(UpstreamConfig(s.url) for s in upstreams),
                             health_interval_s=0, first_byte_timeout_s=2, read_timeout_s=2,
                             policy=RoutingPolicy.SESSION_AFFINITY)
-    config = Config(gateway=GatewayConfig(**gw), fleet=fleet_cfg)
+    config = Config(gateway=GatewayConfig(**{"upstream_header": True, **gw}), fleet=fleet_cfg)
     state = GatewayState(config, Metrics("gateway"))
     app = create_app(state)
     fleet = Fleet(fleet_cfg, metrics=state.metrics)

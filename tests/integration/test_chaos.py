@@ -68,6 +68,8 @@ GATEWAY_CONFIG = {
     # no help center: an off-topic question then reaches the model through the fleet (with
     # one, a question no article covers is a handoff, and these tests need model calls)
     "support": {"verifier": False, "reply_max_tokens": 8, "docs": False},
+    # which worker answered each turn (a test-only header: internal addresses)
+    "gateway": {"upstream_header": True},
 }
 PASSTHROUGH_PER_WORKER = 2  # sessions homed on each worker (computed from the ring)
 SUPPORT_PER_WORKER = 1

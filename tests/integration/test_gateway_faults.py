@@ -40,6 +40,7 @@ CONFIG = {
     # no help center: an off-topic question then reaches the model through the fleet (with
     # one, a question no article covers is a handoff, and these tests need model calls)
     "support": {"verifier": False, "reply_max_tokens": 8, "docs": False},
+    "gateway": {"upstream_header": True},  # which worker answered (test-only header)
 }
 
 

@@ -36,6 +36,9 @@ def worker(
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
     drain_grace_s: Optional[float] = typer.Option(None),
+    api_key: Optional[str] = typer.Option(
+        None, help="Require 'Authorization: Bearer KEY' on /v1/* (the gateway's "
+        "fleet.api_key); better from BABELDESK_WORKER_API_KEY than a flag."),
 ) -> None:
     """Serve one engine over an OpenAI-compatible API."""
     cfg = load_cli_config(
@@ -46,7 +49,7 @@ def worker(
                     prefill_budget=prefill_budget, threads=threads, memory_cap_mb=memory_cap_mb,
                     served_model_name=served_model_name, prefix_cache=prefix_cache,
                     requantize=requantize),
-        worker=dict(host=host, port=port, drain_grace_s=drain_grace_s))
+        worker=dict(host=host, port=port, drain_grace_s=drain_grace_s, api_key=api_key))
     from babeldesk.worker.server import run_worker
 
     raise typer.Exit(run_worker(cfg))  # type: ignore[arg-type]
@@ -73,7 +76,9 @@ def serve(
         None, "--verifier/--no-verifier",
         help="Let the model confirm, switch or veto unsure intent matches (off by default)."),
     max_message_chars: Optional[int] = typer.Option(None),
-    api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    api_key: Optional[str] = typer.Option(
+        None, help="An operator key with every scope (OpenAI API, admin, metrics); better "
+        "from BABELDESK_GATEWAY_API_KEY or gateway.keys_file than a flag."),
 ) -> None:
     """The support assistant in one process: chat page, support API, OpenAI API, engine."""
     cfg = load_cli_config(
@@ -105,7 +110,7 @@ def gateway(
     webhook: Optional[str] = typer.Option(None),
     verifier: Optional[bool] = typer.Option(None, "--verifier/--no-verifier"),
     health_interval_s: Optional[float] = typer.Option(None),
-    api_key: Optional[str] = typer.Option(None),
+    api_key: Optional[str] = typer.Option(None, help="An operator key with every scope."),
 ) -> None:
     """The support assistant in front of OpenAI-compatible workers."""
     cfg = load_cli_config(

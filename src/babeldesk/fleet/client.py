@@ -267,9 +267,10 @@ class Fleet:
             except _Failed as exc:
                 failed.add(up.name)
                 last = exc.outcome
-                why = f"{up.name}: {exc.message}"
+                why = f"attempt {attempt + 1}: {exc.outcome}"  # no address: clients see it
                 fallback = exc.reply or fallback
-                log.warning("fleet: attempt %d failed on %s", attempt + 1, why)
+                log.warning("fleet: attempt %d failed on %s: %s", attempt + 1, up.name,
+                            exc.message)
             finally:
                 if retry:
                     self.budget.done()
@@ -529,7 +530,7 @@ class FleetChatModel:
 
 
 def _http_error(reply: UpstreamReply) -> BabeldeskError:
-    message = f"upstream {reply.upstream} answered {reply.status}"
+    message = f"the model server answered {reply.status}"  # no internal address
     try:
         err = json.loads(reply.body or b"{}").get("error") or {}
         message = str(err.get("message") or message)

@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from babeldesk.edge.auth import Scope
 from babeldesk.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from babeldesk.gateway.app import SESSION_ID, GatewayState, customer_turn
 from babeldesk.store import Turn
@@ -50,6 +51,9 @@ def agent_of(state: GatewayState, request: Request) -> str:
     """The agent a request comes from: ``Authorization: Bearer <key>`` of one of
     ``gateway.agent_keys`` (``name:key``); the key's name is the agent. The one place
     agent identity is decided, so operator keys with an ``agent`` scope replace it here."""
+    operator = request.scope.get("state", {}).get("operator")  # set by edge.auth
+    if operator is not None and operator.allows(Scope.AGENT):
+        return str(operator.name)
     got = request.headers.get("authorization", "")
     if not got.startswith("Bearer "):
         raise Unauthorized("missing agent key (Authorization: Bearer ...)")

@@ -7,9 +7,10 @@ until it is, ``/ready`` is 503 and the API answers 503 with Retry-After.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import inspect
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -20,7 +21,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babeldesk.config import Config
-from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unauthorized, Unavailable
+from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface, is_loopback
+from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unavailable
 from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, support_endpoint
 from babeldesk.store import Turn
 from babeldesk.support.language import accept_language as language_of_header
@@ -32,6 +34,7 @@ from babeldesk.web import (
     install_error_handlers,
 )
 
+log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -125,38 +128,56 @@ _NO_OTEL: dict[str, Any] = (
     if "telemetry" in inspect.signature(FastAPI).parameters else {})
 
 
-class ApiKeyMiddleware:
-    """``Authorization: Bearer <api_key>`` required on ``/v1/*`` (401 otherwise); pure
-    ASGI, so it costs a header lookup and never buffers a streamed answer."""
+# What is public: the chat page, the widget, sending a message, a customer's own session
+# by its id (the id is the customer's capability: random from the gateway, or chosen by
+# the shop's page). Everything else is the operator surface; a route without a rule
+# needs the admin scope.
+_GET = frozenset({"GET", "HEAD"})
+GATEWAY_SURFACE = Surface([
+    Rule("/", None, _GET), Rule("/widget.js", None, _GET), Rule("/static/", None, _GET),
+    Rule("/health", None, _GET), Rule("/ready", None, _GET),
+    Rule(SUPPORT_PATH, None, frozenset({"POST"})),
+    Rule("/v1/support/sessions/", None),
+    Rule("/v1/chat/completions", Scope.CHAT), Rule("/v1/models", Scope.CHAT),
+    Rule("/v1/admin/", Scope.ADMIN), Rule("/metrics", Scope.METRICS, _GET),
+    Rule("/v1/transcripts", Scope.TRANSCRIPTS), Rule("/v1/transcripts/", Scope.TRANSCRIPTS),
+    # the agent console is a page with no data in it (the agent types a key into it); its
+    # calls to /v1/agent/ carry that key
+    Rule("/agent", None, _GET), Rule("/v1/agent/", Scope.AGENT),
+])
+READY_TIMEOUT_S = 2.0  # seconds the session store has to answer /ready's ping
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode("latin-1")
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        # the agent API checks agent keys itself (gateway/agents.py agent_of)
-        if scope["type"] == "http" and path.startswith("/v1/") and not path.startswith(
-                "/v1/agent/"):
-            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(got, self.expected):
-                err = Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
-                await JSONResponse(err.to_dict(), status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+async def _store_answers(state: GatewayState) -> bool:
+    sessions = getattr(state.pipeline, "sessions", None)
+    if sessions is None:
+        return True
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await sessions.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; logged, not shown
+        log.warning("ready: session store ping failed: %s", type(exc).__name__)
+        return False
+    return True
 
 
 def create_app(state: GatewayState) -> FastAPI:
     cfg = state.config.gateway
     app = HotRoutes(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None,
-                  **_NO_OTEL)
+                    **_NO_OTEL)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.gateway = state
     page = resources.files("babeldesk.gateway").joinpath("static", "index.html").read_text("utf-8")
 
-    if cfg.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+    keys = KeyRing.from_config(cfg.api_key, cfg.keys_file, agent_keys=cfg.agent_keys)
+    app.add_edge(OperatorAuth, keys=keys, surface=GATEWAY_SURFACE,
+                 open_without_keys=is_loopback(cfg.host))
+    if not len(keys):
+        log.warning("no operator keys: the operator surface (OpenAI API, admin, metrics) is %s",
+                    "open (loopback bind)" if is_loopback(cfg.host) else "refused (403)")
+    else:
+        log.info("operator keys: %s", ", ".join(keys.names()))  # names only, never secrets
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page() -> HTMLResponse:
@@ -168,14 +189,20 @@ def create_app(state: GatewayState) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> Response:
-        ok = state.phase == Phase.READY and state.ready_check()
-        body: dict[str, Any] = {"status": state.phase.value if not ok or state.phase != Phase.READY
-                                else "ready"}
-        if state.phase == Phase.READY and not ok:
-            body["status"] = "no healthy upstream"
-        if state.error:
-            body["error"] = state.error
-        return JSONResponse(body, status_code=200 if ok else 503,
+        """200 only when loaded, an upstream is in rotation and the session store answers;
+        the body says which is missing, never an exception's text (that goes to the log)."""
+        status = state.phase.value
+        if state.phase == Phase.READY:
+            if not state.ready_check():
+                status = "no healthy upstream"
+            elif not await _store_answers(state):
+                status = "session store unreachable"
+            else:
+                status = "ready"
+        elif state.phase == Phase.FAILED:
+            status = "failed: see the server log"
+        ok = status == "ready"
+        return JSONResponse({"status": status}, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
 
     @app.get("/metrics")

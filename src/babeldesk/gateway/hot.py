@@ -5,10 +5,11 @@ answers come from the cache or the knowledge base in well under a millisecond of
 Through FastAPI's middleware stack, dependency solving and response classes the framework
 cost more than the answer (py-spy, cached answers: ~40% of the server's CPU). Here the
 same contract is served by one coroutine reached before FastAPI's routing
-(``HotRoutes``), wrapped in ``Counted``, which authenticates, counts the request in the
-same metrics as ``telemetry.http.MetricsMiddleware`` and answers errors with the same
-JSON bodies and status codes as ``web.install_error_handlers`` (the OpenAI passthrough
-of ``gateway/passthrough.py`` uses it too). The handler reads and bounds the body and
+(``HotRoutes``; the edge's middleware, operator auth, wraps it as every route), wrapped
+in ``Counted``, which counts the request in the same metrics as
+``telemetry.http.MetricsMiddleware`` and answers errors with the same JSON bodies and
+status codes as ``web.install_error_handlers`` (the OpenAI passthrough of
+``gateway/passthrough.py`` uses it too). The handler reads and bounds the body and
 cancels the work when a non-streamed client hangs up (``web.until_disconnect``: a
 watcher starts only once a request has run for ``DISCONNECT_POLL_S``, so a cached answer
 pays a timer, not a task).
@@ -16,7 +17,6 @@ pays a timer, not a task).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from babeldesk.errors import BabeldeskError, PayloadTooLarge, Unauthorized
+from babeldesk.errors import BabeldeskError, PayloadTooLarge
 from babeldesk.web import CLIENT_GONE, decode_json_body, error_response, until_disconnect
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,21 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 class HotRoutes(FastAPI):
     """FastAPI, except that the (method, path) pairs in ``hot`` are served by their plain
-    ASGI handler before FastAPI's middleware and routing; everything else is unchanged."""
+    ASGI handler before FastAPI's middleware and routing; everything else is unchanged.
+    Middleware added with ``add_edge`` wraps both (every route passes it)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hot: dict[tuple[str, str], Handler] = {}
+        self._edge: list[tuple[Any, dict[str, Any]]] = []  # outermost last
+        self._entry: Handler | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def add_edge(self, middleware: Any, **options: Any) -> None:
+        """A pure-ASGI middleware around every route, hot or not (before the first call)."""
+        assert self._entry is None, "the edge is built on the first request"
+        self._edge.append((middleware, options))
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             handler = self.hot.get((scope["method"], scope["path"]))
             if handler is not None:
@@ -54,6 +62,15 @@ class HotRoutes(FastAPI):
                 await handler(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        entry = self._entry
+        if entry is None:
+            entry = self._dispatch
+            for middleware, options in self._edge:
+                entry = middleware(entry, **options)
+            self._entry = entry
+        await entry(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -75,7 +92,7 @@ def _dumps(content: Any) -> bytes:  # as Starlette's JSONResponse renders it
 
 
 class Counted:
-    """A hot endpoint as FastAPI's middleware stack would serve it: the API key,
+    """A hot endpoint as FastAPI's middleware stack would serve it:
     ``requests_total`` / ``request_duration_seconds`` / ``requests_in_flight`` under its
     route, and the project's exceptions as JSON errors (those raised before the first
     byte; ``web.error_response`` bodies and headers). A client that hangs up
@@ -84,8 +101,6 @@ class Counted:
     def __init__(self, state: Any, route: str, handler: Callable[..., Awaitable[None]]) -> None:
         self.handler = handler
         self.route = route
-        key = state.config.gateway.api_key
-        self.auth = f"Bearer {key}".encode("latin-1") if key else None
         m = self.metrics = state.metrics
         self._in_flight = m.requests_in_flight.labels(m.app)
         self._duration = m.request_duration_seconds.labels(m.app, route)
@@ -104,9 +119,6 @@ class Counted:
 
         self._in_flight.inc()
         try:
-            if self.auth is not None and not hmac.compare_digest(
-                    _header(scope, b"authorization"), self.auth):
-                raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
             await self.handler(scope, receive, _send)
         except BabeldeskError as exc:
             if started:

@@ -3,9 +3,9 @@
 
 This is the gateway's hot path when it fronts workers for OpenAI clients, so it skips what
 costs without doing anything here: FastAPI's middleware stack, routing and dependency
-solving (``install`` puts the endpoints in ``HotRoutes.hot``, served before all that, with
-the API key check, the request metrics and the JSON errors done here as the middleware
-and handlers would), re-encoding the JSON body (the client's bytes go upstream as they
+solving (``install`` puts the endpoints in ``HotRoutes.hot``, served before all that but
+inside the edge's middleware (operator auth), with the request metrics and the JSON
+errors done here as the middleware and handlers would), re-encoding the JSON body (the client's bytes go upstream as they
 came, after one parse that checks them and reads ``stream``), and a ``Response`` object
 for a whole answer (two ASGI messages are sent directly). A client that hangs up stops
 the upstream request, so the worker aborts the generation and frees its slot: while a
@@ -15,8 +15,9 @@ cancelled and its connection closed); a streamed answer goes out through
 endpoints are also plain routes (other methods get 405 there; an app without ``hot``
 serves them through its middleware).
 
-``x-babeldesk-upstream`` names the worker that answered; a 429's ``Retry-After`` is
-passed on.
+A 429's ``Retry-After`` is passed on. No internal address leaves the gateway:
+``x-babeldesk-upstream`` names the worker that answered only with
+``gateway.upstream_header`` on (tests and debugging).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Passthrough:
         self.fleet = fleet
         self.session_header = session_header.lower()
         self.max_body_bytes = max_body_bytes
+        self.name_upstream = state.config.gateway.upstream_header
 
     def routes(self) -> list[Route]:
         return [_Route(CHAT_PATH, _Endpoint(self.chat), methods=["POST"]),
@@ -101,18 +103,21 @@ class Passthrough:
         # counted 499), whose connection is then closed, so the worker aborts the sequence;
         # a streamed one is stopped by StreamingResponse's disconnect listener in ``relay``
         reply = await (work if stream else until_disconnect(work, receive))
-        await relay(reply, scope, receive, send)
+        await relay(reply, scope, receive, send, name_upstream=self.name_upstream)
 
     async def models(self, scope: Scope, receive: Any, send: Any) -> None:
         self.state.require()
         reply = await self.fleet.request(None, path="/v1/models", method="GET")
-        await relay(reply, scope, receive, send)
+        await relay(reply, scope, receive, send, name_upstream=self.name_upstream)
 
 
-async def relay(reply: UpstreamReply, scope: Scope, receive: Any, send: Any) -> None:
-    """Send an upstream's answer to the client: whole, or its SSE events as they come."""
-    headers: list[tuple[bytes, bytes]] = [
-        (b"x-babeldesk-upstream", reply.upstream.encode("latin-1"))]
+async def relay(reply: UpstreamReply, scope: Scope, receive: Any, send: Any, *,
+                name_upstream: bool = False) -> None:
+    """Send an upstream's answer to the client: whole, or its SSE events as they come.
+    ``name_upstream`` (``gateway.upstream_header``, tests only): say which worker."""
+    headers: list[tuple[bytes, bytes]] = []
+    if name_upstream:
+        headers.append((b"x-babeldesk-upstream", reply.upstream.encode("latin-1")))
     for k, v in (reply.headers or {}).items():
         if k.lower() == "retry-after":
             headers.append((b"retry-after", v.encode("latin-1")))

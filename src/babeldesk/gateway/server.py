@@ -185,7 +185,7 @@ def run_serve(config: Config) -> int:
                      config.gateway.port, engine.model_name, engine.backend.name)
         except Exception as exc:
             log.exception("start-up failed")
-            state.error = str(exc)
+            state.error = type(exc).__name__
             state.phase = Phase.FAILED
 
     @app.on_event("startup")
@@ -211,10 +211,11 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     metrics = Metrics("gateway")
     state = GatewayState(config, metrics)
     app = create_app(state)
-    app.add_middleware(_UpstreamHeader)
-    hot: dict[Any, Any] = getattr(app, "hot", {})
-    for key, handler in hot.items():  # served ahead of the middleware: wrap them too
-        hot[key] = _UpstreamHeader(handler)
+    if config.gateway.upstream_header:  # internal addresses to clients: tests only
+        app.add_middleware(_UpstreamHeader)
+        hot: dict[Any, Any] = getattr(app, "hot", {})
+        for key, handler in hot.items():  # served ahead of the middleware: wrap them too
+            hot[key] = _UpstreamHeader(handler)
     fleet = Fleet(config.fleet, metrics=metrics)
     state.ready_check = lambda: fleet.ready
     state.admin = fleet.admin_snapshot
@@ -230,7 +231,7 @@ def run_gateway(config: Config, upstream_model: str) -> int:
                      config.gateway.port, len(config.fleet.upstreams))
         except Exception as exc:
             log.exception("start-up failed")
-            state.error = str(exc)
+            state.error = type(exc).__name__
             state.phase = Phase.FAILED
 
     @app.on_event("startup")

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from babeldesk.config import Config
+from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface
 from babeldesk.engine.llm_engine import Engine
 from babeldesk.worker.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
 from babeldesk.errors import Unavailable
@@ -19,6 +20,9 @@ from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
 from babeldesk.web import Phase, install_error_handlers, unavailable_until_mounted
 
 log = logging.getLogger(__name__)
+# with worker.api_key set, the OpenAI API needs it; /health, /ready, /metrics stay open
+# (the network policy lets only gateways and Prometheus reach a worker)
+WORKER_SURFACE = Surface([Rule("/v1/", Scope.CHAT)], default=None)
 
 
 class WorkerState:
@@ -44,6 +48,10 @@ def create_app(state: WorkerState) -> FastAPI:
     app.state.worker = state
 
     unavailable_until_mounted(app, OPENAI_PATHS, state.require_engine)
+    key = state.config.worker.api_key
+    if key:  # the fleet sends it (fleet.api_key); probes and scrapes need none
+        app.add_middleware(OperatorAuth, keys=KeyRing.single(key, "fleet", {Scope.CHAT}),
+                           surface=WORKER_SURFACE, open_without_keys=False)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -54,8 +62,8 @@ def create_app(state: WorkerState) -> FastAPI:
         body: dict[str, Any] = {"status": state.phase.value}
         if state.engine is not None:
             body.update(running=state.engine.num_running, waiting=state.engine.num_waiting)
-        if state.error:
-            body["error"] = state.error
+        if state.phase == Phase.FAILED:  # the reason is in the log, not on the wire
+            body["status"] = "failed: see the worker log"
         ok = state.phase == Phase.READY
         return JSONResponse(body, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})

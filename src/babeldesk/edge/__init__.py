@@ -1,0 +1,3 @@
+"""The HTTP edge shared by every app (worker, gateway): who may call what (``auth``).
+``babeldesk.web`` holds the rest of it (errors -> JSON, bounded bodies, disconnects,
+server lifecycle) until it moves here."""
