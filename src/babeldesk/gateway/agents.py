@@ -24,7 +24,7 @@ import asyncio
 import hmac
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -40,9 +40,10 @@ from babeldesk.store.events import EventBus
 from babeldesk.support.agents import AGENTS_CHANNEL, AgentDesk, session_channel
 from babeldesk.support.language import normalize_language_code
 from babeldesk.support.pipeline import SupportPipeline, validate_message
-from babeldesk.web import decode_json_body, read_body
+from babeldesk.web import Phase, decode_json_body, read_body
 
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
+STOP_CHECK_S = 1.0  # how often an open stream looks whether the gateway is draining
 VIEW_TRANSLATIONS = 20  # customer turns translated on view (the newest; cached)
 _LANG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
@@ -91,24 +92,32 @@ def _sse(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def event_stream(bus: EventBus, channel: str, view: Any = None) -> StreamingResponse:
+def event_stream(bus: EventBus, channel: str, view: Any = None,
+                 stop: Callable[[], bool] = lambda: False) -> StreamingResponse:
     """SSE of one channel: ``ready`` once subscribed, then each event (``view`` maps it for
-    this audience, None skips it), a comment every ``HEARTBEAT_S``."""
+    this audience, None skips it), a comment every ``HEARTBEAT_S``. Ends within a second
+    of ``stop()`` turning true (the gateway draining: the client reconnects elsewhere
+    instead of holding the drain for its whole grace period)."""
 
     async def body() -> AsyncIterator[bytes]:
         async with bus.listen(channel) as events:
             yield _sse("ready", {"channel": channel})
             it = events.__aiter__()
-            while True:
+            quiet = 0.0  # seconds since the last byte sent
+            while not stop():
                 try:
-                    event = await asyncio.wait_for(it.__anext__(), HEARTBEAT_S)
+                    event = await asyncio.wait_for(it.__anext__(), STOP_CHECK_S)
                 except TimeoutError:
-                    yield b": keep-alive\n\n"
+                    quiet += STOP_CHECK_S
+                    if quiet >= HEARTBEAT_S:
+                        quiet = 0.0
+                        yield b": keep-alive\n\n"
                     continue
                 except StopAsyncIteration:
                     return
                 shown = view(event) if view is not None else event
                 if shown is not None:
+                    quiet = 0.0
                     yield _sse(str(shown.get("type", "event")), shown)
 
     return StreamingResponse(body(), media_type="text/event-stream",
@@ -156,6 +165,9 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
 
     def ready() -> SupportPipeline:
         return state.require()
+
+    def draining() -> bool:
+        return state.phase == Phase.DRAINING
 
     @app.get("/v1/agent/queue")
     async def queue(request: Request) -> dict[str, Any]:
@@ -208,14 +220,14 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
     @app.get("/v1/agent/events")
     async def agent_events(request: Request) -> StreamingResponse:
         agent_of(state, request)
-        return event_stream(ready().desk.bus, AGENTS_CHANNEL)
+        return event_stream(ready().desk.bus, AGENTS_CHANNEL, stop=draining)
 
     @app.get("/v1/agent/conversations/{session_id}/events")
     async def conversation_events(session_id: str, request: Request) -> StreamingResponse:
         agent_of(state, request)
         desk = ready().desk
         await desk.sessions.transcript(_sid(session_id), last=0)  # 404 for an unknown one
-        return event_stream(desk.bus, session_channel(session_id))
+        return event_stream(desk.bus, session_channel(session_id), stop=draining)
 
     @app.post("/v1/support/sessions/{session_id}/rating")
     async def rate(session_id: str, request: Request) -> dict[str, Any]:
@@ -226,4 +238,5 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
     async def customer_events(session_id: str) -> StreamingResponse:
         desk = ready().desk
         await desk.sessions.transcript(_sid(session_id), last=0)  # 404 for an unknown one
-        return event_stream(desk.bus, session_channel(session_id), customer_view)
+        return event_stream(desk.bus, session_channel(session_id), customer_view,
+                            stop=draining)

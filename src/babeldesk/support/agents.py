@@ -44,6 +44,7 @@ from babeldesk.types import ChatModel, ChatRequest, SamplingParams
 log = logging.getLogger(__name__)
 AGENTS_CHANNEL = "agents"
 TRANSLATION_TTL_S = 7 * 86400.0  # cached translations of turns, seconds
+QUEUE_LIMIT = 1000  # conversations listed (and counted) at most
 _DIGITS = re.compile(r"\d+")
 
 
@@ -156,6 +157,7 @@ class AgentDesk:
 
     async def handed_off(self, session_id: str) -> None:
         """The pipeline moved a conversation to waiting_for_agent."""
+        await self._queue_depth()
         await self.bus.publish(AGENTS_CHANNEL, {"type": "queue", "session_id": session_id,
                                                 "state": State.WAITING.value})
         await self.bus.publish(session_channel(session_id),
@@ -190,6 +192,7 @@ class AgentDesk:
     # --- the agent's side ----------------------------------------------------------------
 
     async def queue(self, limit: int = 100) -> list[QueueItem]:
+        """The longest-waiting ``limit`` conversations, with what an agent needs to pick."""
         now = time.time()
         items = []
         for sid, since in await self.sessions.waiting(limit):
@@ -251,6 +254,12 @@ class AgentDesk:
                                          "agent": agent, "turn": asdict(note)})
         await self.bus.publish(AGENTS_CHANNEL, {"type": "queue", "session_id": session_id,
                                                 "state": state.value, "agent": agent})
+        await self._queue_depth()
+
+    async def _queue_depth(self) -> None:
+        """``agent_queue_depth`` after a move (per process; the store's queue is shared)."""
+        if self.metrics is not None:
+            self.metrics.agent_queue_depth.set(len(await self.sessions.waiting(QUEUE_LIMIT)))
 
     async def _write(self, session_id: str, turns: tuple[Turn, ...], guard: Guard, *,
                      state: State | None = None, new_agent: str | None | Keep = KEEP,
