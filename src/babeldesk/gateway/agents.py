@@ -21,7 +21,6 @@ reply over ``gateway.max_message_chars`` 413. A refused reply is not stored.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -49,24 +48,16 @@ _LANG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
 
 def agent_of(state: GatewayState, request: Request) -> str:
-    """The agent a request comes from: ``Authorization: Bearer <key>`` of one of
-    ``gateway.agent_keys`` (``name:key``); the key's name is the agent. The one place
-    agent identity is decided, so operator keys with an ``agent`` scope replace it here."""
+    """The agent a request comes from: the operator key ``edge.auth`` matched (a
+    ``gateway.agent_keys`` entry, or a keys-file key with the ``agent`` scope); its name
+    is the agent. With the operator surface open (a loopback bind with no keys at all)
+    there is no identity, so no agent: 401."""
     operator = request.scope.get("state", {}).get("operator")  # set by edge.auth
-    if operator is not None and operator.allows(Scope.AGENT):
-        return str(operator.name)
-    got = request.headers.get("authorization", "")
-    if not got.startswith("Bearer "):
-        raise Unauthorized("missing agent key (Authorization: Bearer ...)")
-    token = got.removeprefix("Bearer ").encode()
-    for entry in state.config.gateway.agent_keys:
-        name, _, key = entry.partition(":")
-        if hmac.compare_digest(token, key.encode()):
-            return name
-    api_key = state.config.gateway.api_key
-    if api_key and hmac.compare_digest(token, api_key.encode()):
+    if operator is None:
+        raise Unauthorized("an agent key is required (Authorization: Bearer ...)")
+    if not operator.allows(Scope.AGENT):
         raise Forbidden("this key has no agent scope")
-    raise Unauthorized("unknown agent key")
+    return str(operator.name)
 
 
 def _language(value: Any, param: str = "language") -> str:
