@@ -334,6 +334,34 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Rate limits of the gateway (edge/ratelimit.py), in ``limits`` notation
+    ("30/minute", "5 per second"); "" turns one off. Moving windows."""
+
+    storage_url: str = "memory://"  # memory:// (one process) | redis:// | rediss:// (shared)
+    # a person types a few messages a minute; a shop's customers behind one NAT share an IP
+    ip_messages: str = "120/minute"  # support messages per client IP
+    session_messages: str = "30/minute"  # support messages per session id
+    key_requests: str = "6000/minute"  # operator-surface requests per operator key
+    forwarded_for: bool = False  # behind our own proxy: client IP = last X-Forwarded-For
+
+    def __post_init__(self) -> None:
+        _check("limits.storage_url",
+               self.storage_url.startswith(("memory://", "redis://", "rediss://")),
+               "must be memory://, redis://host:port/db or rediss://...")
+        for key in ("ip_messages", "session_messages", "key_requests"):
+            value = getattr(self, key)
+            if value:
+                from limits import parse  # config is core: no package import, a library one
+
+                try:
+                    parse(value)
+                except ValueError:
+                    raise ConfigError(f"limits.{key}",
+                                      f"{value!r} is not a rate like '30/minute'") from None
+
+
+@dataclass(frozen=True)
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -341,6 +369,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 # --- loading -------------------------------------------------------------------------

@@ -107,6 +107,10 @@ class QueueFull(BabeldeskError):
         self.retry_after = retry_after
 
 
+class RateLimited(QueueFull):
+    """A client over one of its rate limits (edge/ratelimit.py); 429 with Retry-After."""
+
+
 class Unavailable(BabeldeskError):
     """Not able to serve now: loading, draining, no healthy upstream."""
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babeldesk.config import Config
 from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface, is_loopback
+from babeldesk.edge.ratelimit import Limiter, RateLimit
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unavailable
 from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, support_endpoint
 from babeldesk.store import Turn
@@ -44,6 +45,7 @@ class GatewayState:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
+        self.limiter = Limiter(config.limits, metrics)  # per IP / session / operator key
         self.phase = Phase.LOADING
         self.error: str | None = None
         self.pipeline: SupportPipeline | None = None
@@ -171,6 +173,8 @@ def create_app(state: GatewayState) -> FastAPI:
     page = resources.files("babeldesk.gateway").joinpath("static", "index.html").read_text("utf-8")
 
     keys = KeyRing.from_config(cfg.api_key, cfg.keys_file, agent_keys=cfg.agent_keys)
+    # the edge, innermost first: rate limits (they need the operator's key name), auth
+    app.add_edge(RateLimit, limiter=state.limiter, message_path=SUPPORT_PATH)
     app.add_edge(OperatorAuth, keys=keys, surface=GATEWAY_SURFACE,
                  open_without_keys=is_loopback(cfg.host))
     if not len(keys):

@@ -176,6 +176,8 @@ def support_endpoint(state: Any, *, parse: Callable[[Any, str], tuple[Any, bool]
         raw = await read_limited_body(scope, receive, limit)
         languages = _header(scope, b"accept-language").decode("latin-1")
         request, stream = parse(decode_json_body(raw, limit), languages)
+        if request.session_id:  # a new conversation has no id yet: its IP's limit counts
+            await state.limiter.check("session_messages", request.session_id, "public")
         if not stream:
             reply = await until_disconnect(pipeline.handle(request), receive)
             await _send_json(send, 200, _dumps(reply.to_dict()))

@@ -47,6 +47,9 @@ class Metrics:
             ["app", "route"], buckets=LATENCY_BUCKETS, registry=r)
         self.requests_in_flight = Gauge(
             p + "requests_in_flight", "HTTP requests being served now", ["app"], registry=r)
+        self.rate_limited_total = Counter(
+            p + "rate_limited_total", "Requests refused (429) by a rate limit",
+            ["surface", "limit"], registry=r)
         # engine
         self.time_to_first_token_seconds = Histogram(
             p + "time_to_first_token_seconds", "Arrival to first generated token",
