@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from babeldesk.errors import BabeldeskError, InvalidRequest, PayloadTooLarge, QueueFull, Unavailable
 
@@ -195,89 +194,6 @@ def freeze_heap() -> None:
     request in flight and sets the p99 of fast answers."""
     gc.collect()
     gc.freeze()
-
-
-# --- one socket write per response -----------------------------------------------------
-
-
-class _Held:
-    """Stands in for the transport while uvicorn writes a response's head: keeps it."""
-
-    __slots__ = ("data",)
-
-    def __init__(self) -> None:
-        self.data = b""
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-
-class _Prefixed:
-    """Stands in for the transport while uvicorn writes the first body part: the held
-    head goes out with it, in the same write; anything else reaches the real transport."""
-
-    __slots__ = ("head", "transport")
-
-    def __init__(self, transport: asyncio.Transport, head: bytes) -> None:
-        self.transport = transport
-        self.head = head
-
-    def write(self, data: bytes) -> None:
-        head, self.head = self.head, b""
-        self.transport.write(head + data if head else data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-class _OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle, except that the head of a response with a
-    Content-Length waits for the first body part and both leave in one socket write.
-    uvicorn writes them apart: two send() calls and two TCP segments for every small
-    JSON answer, ~a quarter of the CPU of a cached support answer (py-spy). Streamed
-    (chunked) responses and HEAD keep uvicorn's order: their head goes out at once, so a
-    client sees the status before the first token."""
-
-    _head: bytes | None = None
-
-    async def send(self, message: Any) -> None:
-        if message["type"] == "http.response.start" and not self.response_started:
-            real, held = self.transport, _Held()
-            self.transport = held  # type: ignore[assignment]
-            try:
-                await super().send(message)
-            finally:
-                self.transport = real
-            if not held.data:  # the client is gone: nothing was written
-                return
-            if self.chunked_encoding or self.scope["method"] == "HEAD":
-                real.write(held.data)  # streamed or bodiless: the head goes out now
-            else:
-                self._head = held.data
-            return
-        head = self._head
-        if head is not None and message["type"] == "http.response.body":
-            self._head = None
-            real = self.transport
-            self.transport = _Prefixed(real, head)  # type: ignore[assignment]
-            try:
-                await super().send(message)
-            finally:
-                self.transport = real
-            return
-        await super().send(message)
-
-
-class OneWriteHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with `_OneWriteCycle` (pass as ``uvicorn.Config(http=)``).
-    uvicorn builds its cycle inside ``on_headers_complete`` and only schedules the app, so
-    the cycle's class can be swapped before anything is sent."""
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        cycle = self.cycle
-        if type(cycle) is RequestResponseCycle and not cycle.response_started:
-            cycle.__class__ = _OneWriteCycle
 
 
 # --- graceful shutdown ------------------------------------------------------------------

@@ -34,7 +34,7 @@ from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.types import ChatModel
-from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap, unavailable_until_mounted
+from babeldesk.web import DrainingServer, freeze_heap, unavailable_until_mounted
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -142,7 +142,7 @@ def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any
 
     ucfg = uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning",
                           timeout_graceful_shutdown=max(1, int(gw.drain_grace_s)),
-                          timeout_keep_alive=5, http=OneWriteHttpTools,
+                          timeout_keep_alive=5,
                           access_log=False)
     DrainingServer(ucfg, grace_s=gw.drain_grace_s, on_drain=on_drain, busy=busy).run()
     return 0

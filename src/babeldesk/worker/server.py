@@ -16,7 +16,7 @@ from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
-from babeldesk.web import DrainingServer, OneWriteHttpTools, freeze_heap
+from babeldesk.web import DrainingServer, freeze_heap
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
 
 log = logging.getLogger("babeldesk.worker")
@@ -51,7 +51,7 @@ def run_worker(config: Config) -> int:
     ucfg = uvicorn.Config(
         app, host=config.worker.host, port=config.worker.port, log_level="warning",
         timeout_graceful_shutdown=max(1, int(config.worker.drain_grace_s)),
-        limit_concurrency=None, timeout_keep_alive=5, http=OneWriteHttpTools,
+        limit_concurrency=None, timeout_keep_alive=5,
         access_log=False)
     def on_drain() -> None:
         state.phase = Phase.DRAINING
