@@ -79,3 +79,33 @@ def test_agent_on_one_gateway_customer_on_the_other(pair) -> None:
                 t.cancel()
 
     asyncio.run(run())
+
+
+def test_translation_through_the_fleet(tmp_path) -> None:
+    """``babeldesk gateway`` + a ``babeldesk worker`` (qwen2.5-0.5b), sqlite sessions: the
+    agent's English reply reaches the Spanish customer translated by the worker."""
+    worker = start_worker(tmp_path, "--model", "qwen2.5-0.5b")
+    gateway = None
+    try:
+        gateway = start_worker(tmp_path, "--upstream", worker.url, "--upstream-model",
+                               "qwen2.5-0.5b", "--sessions", f"sqlite:///{tmp_path}/s.db",
+                               "--no-verifier", command="gateway",
+                               env={"BABELDESK_GATEWAY_AGENT_KEYS": f"ana:{KEY}"})
+        c = httpx.Client(base_url=gateway.url, timeout=180)
+        first = c.post("/v1/support/messages", json={
+            "message": "Quiero hablar con una persona, por favor"}).json()
+        sid = first["session_id"]
+        assert first["state"] == "waiting_for_agent" and first["language"] == "es"
+        view = c.post(f"/v1/agent/conversations/{sid}/claim", headers=auth(KEY),
+                      json={"language": "en"}).json()
+        assert view["turns"][0]["translation_language"] == "en"  # read in English
+        r = c.post(f"/v1/agent/conversations/{sid}/reply", headers=auth(KEY),
+                   json={"message": "Hello, I can help you with your order."})
+        turn = r.json()["turn"]
+        assert r.status_code == 200 and turn["translation_language"] == "es"
+        shown = c.get(f"/v1/support/sessions/{sid}").json()["turns"][-1]
+        assert shown["translated"] is True and shown["text"] == turn["translation"]
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        worker.stop()
