@@ -164,6 +164,18 @@ def test_compose_mounts_exist() -> None:
                 assert (DOCKER / host).exists(), host
 
 
+def test_compose_secrets_are_declared_and_ignored() -> None:
+    c = compose()
+    declared = set(c["secrets"])
+    for s in c["services"].values():
+        assert set(s.get("secrets", [])) <= declared
+    ignored = (DOCKER / "secrets" / ".gitignore").read_text().split()
+    for secret in c["secrets"].values():
+        assert Path(secret["file"]).name in ignored  # never committed
+    env = c["services"]["gateway"]["environment"]
+    assert env["BABELDESK_GATEWAY_KEYS_FILE"] == "/run/secrets/babeldesk_keys"
+
+
 def test_compose_gateway_config_loads() -> None:
     cfg = load_config(DOCKER / "babeldesk.yaml", env={})
     assert [u.url for u in cfg.fleet.upstreams] == ["http://worker-1:8000", "http://worker-2:8000"]
@@ -175,7 +187,10 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     # lay the files out as the container sees them: rules under <root>/rules
     rules = tmp_path / "rules"
     shutil.copytree(REPO / "deploy" / "prometheus" / "rules", rules)
-    text = (DOCKER / "prometheus.yml").read_text().replace("/etc/prometheus/rules", str(rules))
+    key = tmp_path / "metrics_key"  # the compose secret, as the container sees it
+    key.write_text("a-metrics-key-0123456789\n")
+    text = (DOCKER / "prometheus.yml").read_text().replace(
+        "/etc/prometheus/rules", str(rules)).replace("/run/secrets/metrics_key", str(key))
     (tmp_path / "prometheus.yml").write_text(text)
     proc = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
