@@ -343,13 +343,14 @@ class LimitsConfig:
     ip_messages: str = "120/minute"  # support messages per client IP
     session_messages: str = "30/minute"  # support messages per session id
     key_requests: str = "6000/minute"  # operator-surface requests per operator key
+    key_tokens: str = "1000000/minute"  # tokens generated for an operator key's OpenAI calls
     forwarded_for: bool = False  # behind our own proxy: client IP = last X-Forwarded-For
 
     def __post_init__(self) -> None:
         _check("limits.storage_url",
                self.storage_url.startswith(("memory://", "redis://", "rediss://")),
                "must be memory://, redis://host:port/db or rediss://...")
-        for key in ("ip_messages", "session_messages", "key_requests"):
+        for key in ("ip_messages", "session_messages", "key_requests", "key_tokens"):
             value = getattr(self, key)
             if value:
                 from limits import parse  # config is core: no package import, a library one

@@ -37,3 +37,24 @@ def test_client_ip_trusts_only_the_last_forwarded_hop() -> None:
     assert client_ip(scope, forwarded=False) == "10.0.0.5"
     assert client_ip(scope, forwarded=True) == "203.0.113.9"
     assert client_ip({"client": None, "headers": []}, forwarded=True) == "unknown"
+
+
+def test_token_count_of_whole_and_streamed_answers() -> None:
+    from babeldesk.edge.ratelimit import TokenCount
+
+    whole = TokenCount()
+    whole.start({"status": 200, "headers": [(b"content-type", b"application/json")]})
+    whole.feed(b'{"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}}')
+    assert whole.tokens() == 7
+    stream = TokenCount()
+    stream.start({"status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    events = [b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n\n',
+              b'data: {"choices": [{"delta": {"content": "He"}}]}\n\ndata: {"choi',
+              b'ces": [{"delta": {"content": "llo \\"x\\""}}]}\n\n', b"data: [DONE]\n\n"]
+    for e in events:
+        stream.feed(e)
+    assert stream.tokens() == 2
+    refused = TokenCount()
+    refused.start({"status": 400, "headers": []})
+    refused.feed(b'{"usage": {"completion_tokens": 5}}')
+    assert refused.tokens() == 0

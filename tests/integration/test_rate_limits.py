@@ -17,7 +17,8 @@ from tests.store.redis_server import RedisServer
 pytestmark = pytest.mark.slow
 
 KEY = "ops-key-0123456789abcdef"
-IP_LIMIT, SESSION_LIMIT, KEY_LIMIT = 5, 3, 4
+GEN = "gen-key-0123456789abcdef"  # a second operator key, for the token limit
+IP_LIMIT, SESSION_LIMIT, KEY_LIMIT, KEY_TOKENS = 5, 3, 4, 10
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,16 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProce
     (tmp / "redis").mkdir()
     redis = RedisServer(tmp / "redis")
     redis.start()
+    keys = tmp / "keys.yaml"
+    keys.write_text(f"keys: [{{name: ops, key: {KEY}, scopes: ['*']}}, "
+                    f"{{name: gen, key: {GEN}, scopes: [chat]}}]")
     env = {"BABELDESK_LIMITS_STORAGE_URL": redis.url,
            "BABELDESK_LIMITS_IP_MESSAGES": f"{IP_LIMIT}/minute",
            "BABELDESK_LIMITS_SESSION_MESSAGES": f"{SESSION_LIMIT}/minute",
            "BABELDESK_LIMITS_KEY_REQUESTS": f"{KEY_LIMIT}/minute",
            "BABELDESK_LIMITS_FORWARDED_FOR": "true",  # as behind the deployment's nginx
-           "BABELDESK_GATEWAY_API_KEY": KEY, "BABELDESK_SUPPORT_DOCS": "false"}
+           "BABELDESK_LIMITS_KEY_TOKENS": f"{KEY_TOKENS}/minute",
+           "BABELDESK_GATEWAY_KEYS_FILE": str(keys), "BABELDESK_SUPPORT_DOCS": "false"}
     args = ["--model", "smollm2-135m", "--sessions", redis.url, "--no-verifier"]
     procs: list[WorkerProcess] = []
     try:
@@ -79,3 +84,19 @@ def test_one_operator_key_limit_across_two_gateways(pair) -> None:
     got = [_refused(httpx.get(pair[i % 2].url + "/v1/models", headers=auth, timeout=30))
            for i in range(KEY_LIMIT + 2)]
     assert got == [False] * KEY_LIMIT + [True] * 2
+
+
+def test_one_generated_token_limit_across_two_gateways(pair) -> None:
+    """8 tokens, then 8 more (started under the limit: 2 of them fill the window of 10),
+    then refused on either gateway until the window moves."""
+    auth = {"authorization": f"Bearer {GEN}"}
+    body = {"max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to fifty in words."}]}
+    first = httpx.post(pair[0].url + "/v1/chat/completions", json=body, headers=auth,
+                       timeout=120)
+    assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 8
+    assert not _refused(httpx.post(pair[1].url + "/v1/chat/completions", json=body,
+                                   headers=auth, timeout=120))
+    for url in (pair[0].url, pair[1].url):
+        r = httpx.post(url + "/v1/chat/completions", json=body, headers=auth, timeout=120)
+        assert _refused(r) and "key tokens" in r.json()["error"]["message"]
