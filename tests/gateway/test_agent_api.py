@@ -138,14 +138,18 @@ def test_handoff_claim_translate_reply_return(desk: WorkerProcess, hooks: Receiv
             # the customer writes while the agent owns it: stored translated, delivered
             await c.post("/v1/support/messages", json={
                 "session_id": sid, "message": "Gracias. ¿Llegará antes del viernes?"})
-            def delivered() -> list[dict]:
-                return [e["turn"] for e in agent_events if e.get("type") == "message"
-                        and e["turn"]["text"] == "Gracias. ¿Llegará antes del viernes?"]
+            def delivered(kind: str) -> list[dict]:
+                return [e for e in agent_events if e.get("type") == kind
+                        and (e.get("turn") or e)["text"] == "Gracias. ¿Llegará antes del viernes?"]
 
-            await until(lambda: bool(delivered()))
-            live = delivered()[0]
-            assert live["role"] == "user" and live["translation_language"] == "en"
-            assert live["translation"] and live["translation"] != live["text"]
+            await until(lambda: bool(delivered("message")))
+            live = delivered("message")[0]["turn"]
+            assert live["role"] == "user" and live["language"] == "es"
+            # its translation follows, off the customer's request
+            await until(lambda: bool(delivered("translation")))
+            later = delivered("translation")[0]
+            assert later["time"] == live["time"] and later["translation_language"] == "en"
+            assert later["translation"] and later["translation"] != live["text"]
 
             # the agent's reply reaches the page live, in Spanish, marked translated
             r = await c.post(f"/v1/agent/conversations/{sid}/reply", headers=auth(ANA),

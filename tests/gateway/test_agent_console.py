@@ -83,6 +83,12 @@ def test_customer_and_agent_pages_at_once(setup, tmp_path) -> None:
             assert "¿Dónde está mi pedido 12345?" in asked.locator(".orig").inner_text()
             expect(customer.locator(".note").last).to_contain_text("agent", timeout=long)
 
+            # the customer writes while the agent owns it: shown at once, translated after
+            customer.fill("#input", "Gracias. ¿Llegará pronto?")
+            customer.click("#send")
+            expect(agent.locator(".turn.user .orig").filter(
+                has_text="Gracias. ¿Llegará pronto?")).to_have_count(1, timeout=long)
+
             agent.fill("#reply", "Your order left our warehouse today.")
             agent.click("#send")
             live = customer.locator(".msg.bot.agent").last
@@ -111,12 +117,13 @@ def test_customer_and_agent_pages_at_once(setup, tmp_path) -> None:
     t = httpx.get(f"{serve.url}/v1/agent/conversations/{sid}?language=en",
                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60).json()
     roles = [x["role"] for x in t["turns"]]
-    assert roles == ["user", "assistant", "user", "system", "agent", "system", "user",
+    assert roles == ["user", "assistant", "user", "system", "user", "agent", "system", "user",
                      "assistant", "system"]
-    reply = t["turns"][4]
+    reply = t["turns"][5]
     assert (reply["text"], reply["language"]) == ("Your order left our warehouse today.", "en")
     assert reply["translation"] == shown and reply["translation_language"] == "es"
-    assert t["turns"][2]["translation_language"] == "en"  # shown to an English agent translated
+    for i in (0, 2, 4):  # the customer's messages, shown to an English agent translated
+        assert t["turns"][i]["translation_language"] == "en" and t["turns"][i]["translation"]
     assert t["turns"][-1]["source"] == "rating" and t["turns"][-1]["text"] == "up"
     asyncio.run(until(lambda: any(e["type"] == "conversation.rated" for e in hooks.received),
                       30))

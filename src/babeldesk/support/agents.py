@@ -13,6 +13,7 @@ the agent's view) and queue changes on ``agents`` (every console); see store/eve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -131,6 +132,7 @@ class AgentDesk:
                  metrics: Metrics | None = None) -> None:
         self.sessions, self.bus, self.translator = sessions, bus, translator
         self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()  # translations for agents, in flight
         self.notifier = notifier  # the webhooks (docs/webhooks.md)
         self.public_url = public_url.rstrip("/")
 
@@ -141,19 +143,29 @@ class AgentDesk:
 
     async def customer_message(self, t: Transcript, text: str, lang: str,
                                lock: str | None | Keep = KEEP) -> Turn:
-        """Store a customer message of an agent's conversation (translated for the owner
-        when their language differs) and deliver it. ``Conflict`` when the conversation
-        went back to the assistant meanwhile (nothing written)."""
+        """Store a customer message of an agent's conversation and deliver it at once;
+        ``Conflict`` when the conversation went back to the assistant meanwhile (nothing
+        written). The translation for the owner follows as a ``translation`` event, off
+        the customer's request: translating first would hold the customer's reply for
+        seconds and let a quick second message be stored before the first. The agent's
+        view translates stored customer turns on reading (cached, warmed by this one)."""
         turn = Turn("user", text, language=lang, source="agent")
-        if t.state == State.WITH_AGENT.value and t.agent_language and t.agent_language != lang:
-            translated = await self.translator.translate(text, lang, t.agent_language)
-            if translated:
-                turn = Turn("user", text, language=lang, source="agent", translation=translated,
-                            translation_language=t.agent_language)
         await self.sessions.record(t.session_id, (turn,), language=lock,
                                    guard=Guard.of(State.WAITING, State.WITH_AGENT))
         await self._publish(t.session_id, {"type": "message", "turn": asdict(turn)})
+        if t.state == State.WITH_AGENT.value and t.agent_language and t.agent_language != lang:
+            task = asyncio.get_running_loop().create_task(
+                self._translate_for_agent(t.session_id, turn, t.agent_language))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return turn
+
+    async def _translate_for_agent(self, session_id: str, turn: Turn, target: str) -> None:
+        out = await self.translator.translate(turn.text, turn.language, target)
+        if out:
+            await self._publish(session_id, {"type": "translation", "time": turn.time,
+                                             "text": turn.text, "translation": out,
+                                             "translation_language": target})
 
     async def handed_off(self, session_id: str) -> None:
         """The pipeline moved a conversation to waiting_for_agent."""
