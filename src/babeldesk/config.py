@@ -264,6 +264,9 @@ class SupportConfig:
     temperature: float = 0.0  # model answers; 0 = greedy, so cached answers are the model's own
     repeat_handoff: int = 2  # the same question failing this many times -> handoff
     handoff_webhook: str = ""  # POSTed a JSON event on handoff; "" = none
+    # HMAC-SHA256 key of the X-Babeldesk-Signature header on every webhook (babeldesk.signing);
+    # "" = unsigned. Never printed: repr leaves it out
+    webhook_secret: str = field(default="", repr=False)
     # this service's address as the help desk reaches it: the webhooks' transcript links
     # are <public_url>/v1/agent/conversations/<id> ("" = a path without host)
     public_url: str = ""

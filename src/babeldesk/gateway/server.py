@@ -88,7 +88,8 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
                                         matcher.neutralizer if shared is not None else None)
         log.info("help center languages: %s", dict(sorted(
             collections.Counter(str(v) for v in langs.values()).items())))
-    notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s)
+    notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s,
+                                secret=sup.webhook_secret)
                 if sup.handoff_webhook else None)
     redactor = Redactor(store.redact_phone_regions) if store.redact else None
     return SupportPipeline(

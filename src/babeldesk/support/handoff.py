@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+
+from babeldesk.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,9 @@ class WebhookNotifier:
     """
 
     def __init__(self, url: str, attempts: int = 4, timeout_s: float = 5.0,
-                 first_backoff_s: float = 0.5) -> None:
+                 first_backoff_s: float = 0.5, secret: str = "") -> None:
         self.url = url
+        self.secret = secret  # signs every delivery (babeldesk.signing) when set
         self.attempts = attempts
         self.first_backoff_s = first_backoff_s
         self._client = httpx.AsyncClient(timeout=timeout_s)
@@ -80,9 +84,13 @@ class WebhookNotifier:
 
     async def _deliver(self, payload: dict[str, Any]) -> bool:
         delay = self.first_backoff_s
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         for attempt in range(1, self.attempts + 1):
+            headers = {"content-type": "application/json"}
+            if self.secret:  # signed afresh per attempt: a retry is not a replay
+                headers[SIGNATURE_HEADER] = sign(self.secret, body)
             try:
-                r = await self._client.post(self.url, json=payload)
+                r = await self._client.post(self.url, content=body, headers=headers)
                 if r.status_code < 400:
                     self.delivered += 1
                     return True
