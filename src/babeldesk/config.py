@@ -322,6 +322,9 @@ class GatewayConfig:
     # human agents' keys, "name:key" each (env: comma-separated); the name is the agent.
     # (edge/auth.py: keys with the agent scope only; keys_file can name agents too)
     agent_keys: tuple[str, ...] = ()
+    # origins (scheme://host[:port]) whose pages may call the public API from the browser:
+    # a shop's site with widget.js. () = same origin only
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check("gateway.port", 0 <= self.port <= 65535, "must be a TCP port")
@@ -332,6 +335,10 @@ class GatewayConfig:
             _check(f"gateway.agent_keys[{i}]",
                    bool(re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name)) and len(key) >= 16,
                    "must be name:key (name: letters, digits, _ . @ -; key: 16+ characters)")
+        for i, origin in enumerate(self.cors_origins):
+            _check(f"gateway.cors_origins[{i}]",
+                   bool(re.fullmatch(r"https?://[^/\s*]+", origin)),
+                   "must be an origin like https://shop.example.com (no path, no *)")
         names = [e.partition(":")[0] for e in self.agent_keys]
         _check("gateway.agent_keys", len(set(names)) == len(names), "an agent is named twice")
 

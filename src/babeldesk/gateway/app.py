@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babeldesk.config import Config
@@ -170,13 +171,19 @@ def create_app(state: GatewayState) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.gateway = state
-    page = resources.files("babeldesk.gateway").joinpath("static", "index.html").read_text("utf-8")
+    static = resources.files("babeldesk.gateway").joinpath("static")
+    page = static.joinpath("index.html").read_text("utf-8")
+    widget = static.joinpath("widget.js").read_text("utf-8")
 
     keys = KeyRing.from_config(cfg.api_key, cfg.keys_file, agent_keys=cfg.agent_keys)
     # the edge, innermost first: rate limits (they need the operator's key name), auth
     app.add_edge(RateLimit, limiter=state.limiter, message_path=SUPPORT_PATH)
     app.add_edge(OperatorAuth, keys=keys, surface=GATEWAY_SURFACE,
                  open_without_keys=is_loopback(cfg.host))
+    if cfg.cors_origins:  # outermost: a preflight is answered before auth looks at it
+        app.add_edge(CORSMiddleware, allow_origins=list(cfg.cors_origins),
+                     allow_methods=["GET", "POST", "DELETE"], allow_headers=["content-type"],
+                     max_age=600)
     if not len(keys):
         log.warning("no operator keys: the operator surface (OpenAI API, admin, metrics) is %s",
                     "open (loopback bind)" if is_loopback(cfg.host) else "refused (403)")
@@ -186,6 +193,12 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def chat_page() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.get("/widget.js")
+    async def widget_js() -> Response:
+        # cached by the shop's visitors for an hour; allowed origins: gateway.cors_origins
+        return Response(widget, media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=3600"})
 
     @app.get("/health")
     async def health() -> dict[str, str]:
