@@ -97,6 +97,16 @@ SERVICE_MONITOR = {
                      "endpoints": {"type": "array", "minItems": 1, "items": {
                          "type": "object", "additionalProperties": False, "required": ["port"],
                          "properties": {"port": {"type": "string"},
+                                        # prometheus-operator's SafeAuthorization
+                                        "authorization": {
+                                            "type": "object", "additionalProperties": False,
+                                            "required": ["credentials"],
+                                            "properties": {"type": {"type": "string"},
+                                                           "credentials": {
+                                                "type": "object", "required": ["name", "key"],
+                                                "additionalProperties": False,
+                                                "properties": {"name": {"type": "string"},
+                                                               "key": {"type": "string"}}}}},
                                         "path": {"type": "string", "pattern": "^/"},
                                         "interval": {"type": "string",
                                                      "pattern": "^[0-9]+(ms|s|m|h)$"}}}}}},
@@ -302,3 +312,49 @@ def test_committed_manifests_are_the_default_render() -> None:
 def test_render_rejects_bad_flags(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(app, ["deploy", "kubernetes", *args])
     assert result.exit_code == 2 and needle in result.output
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_keys_and_redis_password_come_from_the_secret_only() -> None:
+    objects = render(KubernetesConfig())
+    worker = pod_spec(objects, "Deployment", "babeldesk-worker")["containers"][0]
+    gateway = pod_spec(objects, "Deployment", "babeldesk-gateway")["containers"][0]
+    redis = pod_spec(objects, "StatefulSet", "babeldesk-redis")["containers"][0]
+
+    def secret_key(env: dict[str, Any]) -> str:
+        ref = env["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "babeldesk-secrets" and "value" not in env
+        return str(ref["key"])
+
+    assert secret_key(_env(worker)["BABELDESK_WORKER_API_KEY"]) == "worker-api-key"
+    assert secret_key(_env(gateway)["BABELDESK_FLEET_API_KEY"]) == "worker-api-key"
+    names = [e["name"] for e in gateway["env"]]
+    for url in ("BABELDESK_STORE_CACHE_URL", "BABELDESK_STORE_SESSIONS_URL",
+                "BABELDESK_LIMITS_STORAGE_URL"):
+        assert "$(REDIS_PASSWORD)@" in _env(gateway)[url]["value"]
+        assert names.index("REDIS_PASSWORD") < names.index(url)  # expanded only if earlier
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert secret_key(_env(redis)["REDISCLI_AUTH"]) == "redis-password"  # the probe
+    keys = _env(gateway)["BABELDESK_GATEWAY_KEYS_FILE"]["value"]
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "secrets")
+    assert keys.startswith(mount["mountPath"] + "/")
+    monitor = by(objects, "ServiceMonitor", "babeldesk-gateway")["spec"]["endpoints"][0]
+    assert monitor["authorization"]["credentials"]["key"] == "metrics-key"
+
+
+def test_network_policies_let_only_gateways_reach_workers_and_redis() -> None:
+    objects = render(KubernetesConfig())
+    for name, port in (("babeldesk-worker", 8000), ("babeldesk-redis", 6379)):
+        spec = by(objects, "NetworkPolicy", name)["spec"]
+        assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 1
+        rule = spec["ingress"][0]
+        assert rule["ports"] == [{"port": port}]
+        sources = [s["podSelector"]["matchLabels"] for s in rule["from"]]
+        assert {"app.kubernetes.io/name": "babeldesk",
+                "app.kubernetes.io/component": "gateway"} in sources
+        assert all("ipBlock" not in s for s in rule["from"])
+    assert not [o for o in objects if o["kind"] == "NetworkPolicy"
+                and "gateway" in o["metadata"]["name"]]

@@ -70,6 +70,19 @@ _ENV = [{"name": "BABELDESK_CACHE_DIR", "value": CACHE_MOUNT},
         {"name": "HOME", "value": "/tmp"}]
 
 
+# created by the operator, never rendered with values (docs/operations.md, "Kubernetes")
+SECRET = "babeldesk-secrets"
+SECRETS_MOUNT = "/etc/babeldesk-secrets"
+
+
+def _secret_env(name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}}
+
+
+def _redis_url(cfg: KubernetesConfig, db: int) -> str:  # $(X): an earlier env var of the pod
+    return f"redis://:$(REDIS_PASSWORD)@{_svc_host(cfg, 'babeldesk-redis')}:6379/{db}"
+
+
 def _svc_host(cfg: KubernetesConfig, name: str) -> str:
     return f"{name}.{cfg.namespace}.svc.cluster.local"
 
@@ -148,10 +161,21 @@ def _deployment(cfg: KubernetesConfig, name: str, component: str, replicas: int,
 
 def gateway_objects(cfg: KubernetesConfig) -> list[Manifest]:
     volumes, mounts = _volumes(with_config=True)
+    volumes.append({"name": "secrets", "secret": {
+        "secretName": SECRET, "items": [{"key": "keys.yaml", "path": "keys.yaml"}]}})
+    mounts.append({"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True})
+    env = [*_ENV,
+           # operator keys (scopes) and the key the workers want; Redis with its password
+           {"name": "BABELDESK_GATEWAY_KEYS_FILE", "value": f"{SECRETS_MOUNT}/keys.yaml"},
+           _secret_env("BABELDESK_FLEET_API_KEY", "worker-api-key"),
+           _secret_env("REDIS_PASSWORD", "redis-password"),
+           {"name": "BABELDESK_STORE_CACHE_URL", "value": _redis_url(cfg, 0)},
+           {"name": "BABELDESK_STORE_SESSIONS_URL", "value": _redis_url(cfg, 1)},
+           {"name": "BABELDESK_LIMITS_STORAGE_URL", "value": _redis_url(cfg, 2)}]
     container = {
         "name": "gateway", "image": cfg.image, "args": gateway_args(cfg),
         "ports": [{"name": "http", "containerPort": 8080}],
-        "env": _ENV,
+        "env": env,
         "readinessProbe": _http_probe("/ready", 5, 2),
         "livenessProbe": _http_probe("/health", 10, 3),
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
@@ -194,7 +218,8 @@ def worker_objects(cfg: KubernetesConfig) -> list[Manifest]:
         "name": "worker", "image": cfg.gpu_image if cfg.gpus_per_worker else cfg.image,
         "args": worker_args(cfg),
         "ports": [{"name": "http", "containerPort": 8000}],
-        "env": _ENV,
+        # /v1/* wants this key (the gateways send it); probes and scrapes need none
+        "env": [*_ENV, _secret_env("BABELDESK_WORKER_API_KEY", "worker-api-key")],
         # ready = model loaded and not draining; alive = the process answers. Never swap
         # them: a liveness probe on /ready would kill every worker while it loads or drains.
         "readinessProbe": _http_probe("/ready", 5, 2),
@@ -229,7 +254,10 @@ def redis_objects(cfg: KubernetesConfig) -> list[Manifest]:
         "name": "redis", "image": cfg.redis_image,
         # append-only file, fsync every second, on the claim: sessions survive restarts
         "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
-                 "--dir", "/data"],
+                 "--dir", "/data", "--requirepass", "$(REDIS_PASSWORD)"],
+        # redis-cli reads REDISCLI_AUTH: the probe authenticates without the password in args
+        "env": [_secret_env("REDIS_PASSWORD", "redis-password"),
+                _secret_env("REDISCLI_AUTH", "redis-password")],
         "ports": [{"name": "redis", "containerPort": 6379}],
         "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10},
@@ -261,11 +289,15 @@ def redis_objects(cfg: KubernetesConfig) -> list[Manifest]:
 
 
 def monitoring_objects(cfg: KubernetesConfig) -> list[Manifest]:
+    def endpoint(c: str) -> dict[str, Any]:  # the gateway's /metrics is operator surface
+        auth = {"type": "Bearer", "credentials": {"name": SECRET, "key": "metrics-key"}}
+        return {"port": "http", "path": "/metrics", "interval": "15s",
+                **({"authorization": auth} if c == "gateway" else {})}
+
     return [
         {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
          "metadata": _meta(cfg, f"babeldesk-{c}", c),
-         "spec": {"selector": {"matchLabels": _selector(c)},
-                  "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]}}
+         "spec": {"selector": {"matchLabels": _selector(c)}, "endpoints": [endpoint(c)]}}
         for c in ("gateway", "worker")
     ]
 
@@ -353,8 +385,13 @@ def render(cfg: KubernetesConfig) -> list[Manifest]:
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": cfg.namespace, "labels": {"app.kubernetes.io/name": APP}}},
         *redis_objects(cfg), *gateway_objects(cfg), *worker_objects(cfg),
-        *worker_autoscaler_objects(cfg), *monitoring_objects(cfg),
+        *worker_autoscaler_objects(cfg), *monitoring_objects(cfg), *network_policies(cfg),
     ]
+
+
+def network_policies(cfg: KubernetesConfig) -> list[Manifest]:
+    from babeldesk.autoscale.netpol import network_policies as p  # it imports this module
+    return p(cfg)
 
 
 def to_yaml(objects: list[Manifest], header: str = "") -> str:
