@@ -354,13 +354,17 @@ class LimitsConfig:
     session_messages: str = "30/minute"  # support messages per session id
     key_requests: str = "6000/minute"  # operator-surface requests per operator key
     key_tokens: str = "1000000/minute"  # tokens generated for an operator key's OpenAI calls
+    # model-generated tokens per support session (a cap: a long window); past it, the
+    # conversation goes to a person instead of the model
+    session_tokens: str = "20000/day"
     forwarded_for: bool = False  # behind our own proxy: client IP = last X-Forwarded-For
 
     def __post_init__(self) -> None:
         _check("limits.storage_url",
                self.storage_url.startswith(("memory://", "redis://", "rediss://")),
                "must be memory://, redis://host:port/db or rediss://...")
-        for key in ("ip_messages", "session_messages", "key_requests", "key_tokens"):
+        for key in ("ip_messages", "session_messages", "key_requests", "key_tokens",
+                    "session_tokens"):
             value = getattr(self, key)
             if value:
                 from limits import parse  # config is core: no package import, a library one

@@ -10,7 +10,8 @@ What is limited (``LimitsConfig``; "" turns one off):
 - ``key_tokens``: tokens an operator key's OpenAI calls generated (``TokenMeter``: a call
   is refused while the key's window is full; a finished answer's ``usage`` is counted,
   a stream's content events when it carries no usage; a call that started under the
-  limit finishes, as LiteLLM's and Envoy's token limits do).
+  limit finishes, as LiteLLM's and Envoy's token limits do);
+- ``session_tokens``: model-generated tokens per session (``gateway/metered.py``).
 A request over a limit gets 429 ``rate_limit_error`` with Retry-After (seconds until the
 window lets one more in) and counts in ``babeldesk_rate_limited_total{surface,limit}``.
 If the limit storage is unreachable the request passes and the error is logged: a Redis
@@ -59,7 +60,8 @@ class Limiter:
         self.items = {"ip_messages": _item(cfg.ip_messages),
                       "session_messages": _item(cfg.session_messages),
                       "key_requests": _item(cfg.key_requests),
-                      "key_tokens": _item(cfg.key_tokens)}
+                      "key_tokens": _item(cfg.key_tokens),
+                      "session_tokens": _item(cfg.session_tokens)}
         self.metrics = metrics
 
     def enabled(self, limit: str) -> bool:

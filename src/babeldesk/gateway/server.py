@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from babeldesk.config import Config
 from babeldesk.gateway.app import GatewayState, Phase, create_app
+from babeldesk.gateway.metered import SessionTokenCap
 from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.store import open_answer_cache, open_event_bus, open_session_store
 from babeldesk.store.redact import RedactingFilter, Redactor
@@ -176,7 +177,8 @@ def run_serve(config: Config) -> int:
             engine = load_engine(config.engine, EngineMetrics(metrics))
             engine.start()
             holder["engine"] = engine
-            state.pipeline = build_pipeline(config, metrics, engine)
+            state.pipeline = build_pipeline(config, metrics,
+                                            SessionTokenCap(engine, state.limiter))
             app.include_router(openai_router(
                 GuardedEngine(engine, state.require), max_body_bytes=config.gateway.max_body_bytes,
                 served_names={engine.model_name, config.engine.model}))
@@ -225,7 +227,8 @@ def run_gateway(config: Config, upstream_model: str) -> int:
 
     def load() -> None:
         try:
-            state.pipeline = build_pipeline(config, metrics, FleetChatModel(fleet, upstream_model))
+            model = SessionTokenCap(FleetChatModel(fleet, upstream_model), state.limiter)
+            state.pipeline = build_pipeline(config, metrics, model)
             freeze_heap()
             state.phase = Phase.READY
             log.info("ready on http://%s:%d with %d upstream(s)", config.gateway.host,
