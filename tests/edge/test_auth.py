@@ -96,6 +96,9 @@ async def test_middleware_401_403_and_identity(tmp_path: Path) -> None:
 async def test_no_keys_open_on_loopback_refused_elsewhere() -> None:
     async with _app(KeyRing(), open_=True) as c:
         assert (await c.post("/v1/chat")).status_code == 200
+        # relayed by a proxy on this machine: not a local caller
+        r = await c.post("/v1/chat", headers={"x-forwarded-for": "198.51.100.4"})
+        assert r.status_code == 403
     async with _app(KeyRing(), open_=False) as c:
         r = await c.post("/v1/chat")
         assert r.status_code == 403 and "no operator keys" in r.json()["error"]["message"]

@@ -13,7 +13,8 @@ scope) and ``gateway.keys_file`` (YAML: ``keys: [{name, key | key_sha256, scopes
 each also settable by environment (``BABELDESK_GATEWAY_API_KEY``,
 ``BABELDESK_GATEWAY_KEYS_FILE``). Only SHA-256 digests are kept in memory and nothing of
 a key is ever logged. With no key at all the operator surface is open on a loopback
-bind (a laptop) and refused (403) on any other, so a deployment cannot forget it.
+bind (a laptop) to local callers that no proxy relayed, and refused (403) otherwise, so a
+deployment cannot forget it.
 
 Why by hand: Starlette's ``AuthenticationMiddleware`` runs a backend per request but
 leaves scopes to decorators on each endpoint (``requires``), which the raw ASGI hot
@@ -218,6 +219,18 @@ async def _refuse(send: Send, exc: BabeldeskError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_FORWARDED = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def _local(scope: AsgiScope) -> bool:
+    """A caller on this machine, not relayed by a proxy on it (a local nginx in front of
+    a loopback gateway must not open the operator surface to the internet)."""
+    client = scope.get("client")
+    if not client or not is_loopback(str(client[0])):
+        return False
+    return not any(k in _FORWARDED for k, _ in scope["headers"])
+
+
 class OperatorAuth:
     """Pure ASGI: public routes pass; operator routes need a key with their scope.
     ``open_without_keys``: with an empty key ring, let operator routes through (a
@@ -235,7 +248,7 @@ class OperatorAuth:
             await self.app(scope, receive, send)
             return
         need = self.surface.needs(scope["method"], scope["path"])
-        if need is None or self.open:
+        if need is None or (self.open and _local(scope)):
             await self.app(scope, receive, send)
             return
         if not len(self.keys):
