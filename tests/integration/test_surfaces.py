@@ -101,6 +101,16 @@ def test_operator_routes_need_a_key_with_their_scope(stack: Stack, method, path,
         _no_internal(stack, r)
 
 
+def test_refusals_are_counted_by_route(stack: Stack) -> None:
+    """The edge's refusals pass the same metrics as answers (one middleware stack)."""
+    _call(stack.gateway.url, "POST", "/v1/chat/completions", OPERATOR_ROUTES[0][2], None)
+    text = _call(stack.gateway.url, "GET", "/metrics", None, OPS).text
+    assert ('babeldesk_requests_total{app="gateway",route="/v1/chat/completions",'
+            'status="401"}') in text
+    assert ('babeldesk_requests_total{app="gateway",route="/v1/admin/*",status="401"}'
+            in text)
+
+
 def test_public_surface_needs_no_key(stack: Stack) -> None:
     url = stack.gateway.url
     assert httpx.get(url + "/").status_code == 200

@@ -195,6 +195,17 @@ class Surface:
                 return rule.scope
         return self.default
 
+    def label(self, path: str) -> str:
+        """A metrics label for a request refused before routing: the path of the rule it
+        matched (a prefix rule ends in ``*``), else ``unmatched`` (bounded either way)."""
+        for rule in self.rules:
+            if len(rule.path) > 1 and rule.path.endswith("/"):
+                if path.startswith(rule.path):
+                    return rule.path + "*"
+            elif path == rule.path:
+                return rule.path
+        return "unmatched"
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -217,6 +228,16 @@ async def _refuse(send: Send, exc: BabeldeskError) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class RouteLabel:
+    """What ``scope["route"]`` holds where no Starlette route ran (a hot route, a request
+    the edge refused): the metrics middleware labels requests by its ``path``."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 _FORWARDED = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
@@ -251,6 +272,7 @@ class OperatorAuth:
         if need is None or (self.open and _local(scope)):
             await self.app(scope, receive, send)
             return
+        scope.setdefault("route", RouteLabel(self.surface.label(scope["path"])))
         if not len(self.keys):
             await _refuse(send, Forbidden(
                 "the operator surface is off: no operator keys are configured "

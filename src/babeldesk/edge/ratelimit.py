@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from babeldesk.config import LimitsConfig
+from babeldesk.edge.auth import RouteLabel
 from babeldesk.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ class RateLimit:
             except RateLimited as exc:
                 from babeldesk.web import error_response
 
+                if scope["path"] == self.message_path:  # the route it would have reached
+                    scope.setdefault("route", RouteLabel(self.message_path))
                 await error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

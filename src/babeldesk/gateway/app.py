@@ -169,17 +169,19 @@ def create_app(state: GatewayState) -> FastAPI:
     app = HotRoutes(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None,
                     **_NO_OTEL)
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.gateway = state
     static = resources.files("babeldesk.gateway").joinpath("static")
     page = static.joinpath("index.html").read_text("utf-8")
     widget = static.joinpath("widget.js").read_text("utf-8")
 
     keys = KeyRing.from_config(cfg.api_key, cfg.keys_file, agent_keys=cfg.agent_keys)
-    # the edge, innermost first: rate limits (they need the operator's key name), auth
+    # the edge, innermost first: rate limits (they need the operator's key name), auth,
+    # metrics, CORS
     app.add_edge(RateLimit, limiter=state.limiter, message_path=SUPPORT_PATH)
     app.add_edge(OperatorAuth, keys=keys, surface=GATEWAY_SURFACE,
                  open_without_keys=is_loopback(cfg.host))
+    # every request counted, hot or not, refused at the edge or answered
+    app.add_edge(MetricsMiddleware, metrics=state.metrics)
     if cfg.cors_origins:  # outermost: a preflight is answered before auth looks at it
         app.add_edge(CORSMiddleware, allow_origins=list(cfg.cors_origins),
                      allow_methods=["GET", "POST", "DELETE"], allow_headers=["content-type"],

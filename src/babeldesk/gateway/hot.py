@@ -5,11 +5,10 @@ answers come from the cache or the knowledge base in well under a millisecond of
 Through FastAPI's middleware stack, dependency solving and response classes the framework
 cost more than the answer (py-spy, cached answers: ~40% of the server's CPU). Here the
 same contract is served by one coroutine reached before FastAPI's routing
-(``HotRoutes``; the edge's middleware, operator auth, wraps it as every route), wrapped
-in ``Counted``, which counts the request in the same metrics as
-``telemetry.http.MetricsMiddleware`` and answers errors with the same JSON bodies and
-status codes as ``web.install_error_handlers`` (the OpenAI passthrough of
-``gateway/passthrough.py`` uses it too). The handler reads and bounds the body and
+(``HotRoutes``; the edge's middleware wraps it as every route: CORS, metrics, operator
+auth, rate limits), wrapped in ``Counted``, which labels it for the metrics and answers
+errors with the same JSON bodies and status codes as ``web.install_error_handlers`` (the
+OpenAI passthrough of ``gateway/passthrough.py`` uses it too). The handler reads and bounds the body and
 cancels the work when a non-streamed client hangs up (``web.until_disconnect``: a
 watcher starts only once a request has run for ``DISCONNECT_POLL_S``, so a cached answer
 pays a timer, not a task).
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -28,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from babeldesk.edge.auth import RouteLabel
 from babeldesk.errors import BabeldeskError, PayloadTooLarge
 from babeldesk.web import CLIENT_GONE, decode_json_body, error_response, until_disconnect
 
@@ -92,32 +91,26 @@ def _dumps(content: Any) -> bytes:  # as Starlette's JSONResponse renders it
 
 
 class Counted:
-    """A hot endpoint as FastAPI's middleware stack would serve it:
-    ``requests_total`` / ``request_duration_seconds`` / ``requests_in_flight`` under its
-    route, and the project's exceptions as JSON errors (those raised before the first
-    byte; ``web.error_response`` bodies and headers). A client that hangs up
-    (``ClientDisconnect``) is counted as 499."""
+    """A hot endpoint as FastAPI's exception handlers would serve it: the project's
+    exceptions as JSON errors (those raised before the first byte; ``web.error_response``
+    bodies and headers); a client that hangs up (``ClientDisconnect``) is answered 499,
+    which nobody reads and the metrics count. Its metrics are the edge's, as every
+    route's (``telemetry.http.MetricsMiddleware``, labelled ``route``)."""
 
     def __init__(self, state: Any, route: str, handler: Callable[..., Awaitable[None]]) -> None:
         self.handler = handler
-        self.route = route
-        m = self.metrics = state.metrics
-        self._in_flight = m.requests_in_flight.labels(m.app)
-        self._duration = m.request_duration_seconds.labels(m.app, route)
-        self._totals: dict[int, Any] = {}  # status -> counter child
+        self.label = RouteLabel(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        status = 500
         started = False
+        scope["route"] = self.label
 
         async def _send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status, started
+            nonlocal started
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                started = True
             await send(message)
 
-        self._in_flight.inc()
         try:
             await self.handler(scope, receive, _send)
         except BabeldeskError as exc:
@@ -127,22 +120,16 @@ class Counted:
                 log.warning("%s: %s", exc.type, exc.message)
             await error_response(exc)(scope, receive, _send)
         except ClientDisconnect:
-            status = CLIENT_GONE
+            if not started:  # as web's handler: counted, written nowhere
+                await send({"type": "http.response.start", "status": CLIENT_GONE,
+                            "headers": []})
+                await send({"type": "http.response.body", "body": b""})
         except Exception:
             if started:
                 raise
             log.exception("unhandled error")
             await _send_json(_send, 500, _dumps({"error": {
                 "type": "internal_error", "message": "internal error; see the server log"}}))
-        finally:
-            self._in_flight.dec()
-            total = self._totals.get(status)
-            if total is None:
-                m = self.metrics
-                total = self._totals[status] = m.requests_total.labels(
-                    m.app, self.route, str(status))
-            total.inc()
-            self._duration.observe(time.perf_counter() - start)
 
 
 async def read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes:
