@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from babeldesk.errors import ConfigError
+from babeldesk.errors import ConfigError, GenerationFailed
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -93,6 +93,17 @@ async def collect(stream: AsyncIterator[TextDelta]) -> Completion:
     if last is None or last.finish_reason is None or last.usage is None:
         raise RuntimeError("stream ended without a final delta")
     return Completion("".join(parts), last.finish_reason, last.usage)
+
+
+async def generated_text(stream: AsyncIterator[TextDelta]) -> str:
+    """Drain a stream into its text, stripped; a delta that reports an error (or a stream
+    that ends with ``finish_reason == "error"``) raises ``GenerationFailed``."""
+    parts: list[str] = []
+    async for delta in stream:
+        if delta.error or delta.finish_reason == "error":
+            raise GenerationFailed(delta.error or "model stream broke off")
+        parts.append(delta.text)
+    return "".join(parts).strip()
 
 
 class EngineReporter(Protocol):

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from babeldesk.errors import BabeldeskError, Conflict, Forbidden, GenerationFailed, InvalidRequest
+from babeldesk.errors import BabeldeskError, Conflict, Forbidden, InvalidRequest
 from babeldesk.store import (
     KEEP,
     AnswerCache,
@@ -40,7 +40,7 @@ from babeldesk.support.language import LanguageDetector
 from babeldesk.support.prompt import relay_prompt
 from babeldesk.support.resolution import RATING_SOURCE, Outcome, Rating
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.types import ChatModel, ChatRequest, SamplingParams
+from babeldesk.types import ChatModel, ChatRequest, SamplingParams, generated_text
 
 log = logging.getLogger(__name__)
 AGENTS_CHANNEL = "agents"
@@ -94,12 +94,7 @@ class Translator:
         assert self.model is not None
         request = ChatRequest(relay_prompt(text, source, target),
                               SamplingParams(max_tokens=self.max_tokens, temperature=0.0))
-        parts: list[str] = []
-        async for delta in self.model.stream_chat(request):
-            if delta.error or delta.finish_reason == "error":
-                raise GenerationFailed(delta.error or "model stream broke off")
-            parts.append(delta.text)
-        return "".join(parts).strip()
+        return await generated_text(self.model.stream_chat(request))
 
     def _plausible(self, text: str, out: str, source: str | None, target: str) -> bool:
         if not out or out.casefold() == text.strip().casefold():

@@ -77,7 +77,7 @@ from babeldesk.support.prompt import (
     translation_prompt,
 )
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams
+from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams, generated_text
 
 log = logging.getLogger(__name__)
 
@@ -355,12 +355,7 @@ class SupportPipeline:
         params = SamplingParams(max_tokens=self.config.reply_max_tokens,
                                 temperature=self.config.temperature)
         request = ChatRequest(messages, params, session_id=session_id)
-        parts: list[str] = []
-        async for delta in self.model.stream_chat(request):
-            if delta.error or delta.finish_reason == "error":
-                raise GenerationFailed(delta.error or "model stream broke off")
-            parts.append(delta.text)
-        return "".join(parts).strip()
+        return await generated_text(self.model.stream_chat(request))
 
     async def _answer(self, transcript: Transcript, text: str, lang: str, match: Match,
                       live: bool, first_message: bool) -> AsyncIterator[str | _Outcome]:
