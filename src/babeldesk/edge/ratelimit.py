@@ -70,18 +70,7 @@ class Limiter:
 
     async def room(self, limit: str, who: str, surface: str) -> None:
         """Raise ``RateLimited`` if ``who``'s window of ``limit`` is full (counts nothing)."""
-        item = self.items.get(limit)
-        if item is None:
-            return
-        try:
-            if await self.window.test(item, "babeldesk", limit, who):
-                return
-            stats = await self.window.get_window_stats(item, "babeldesk", limit, who)
-        except Exception as exc:  # noqa: BLE001 - storage down: fail open, say so
-            log.warning("rate limit %s not enforced: storage error %s", limit,
-                        type(exc).__name__)
-            return
-        self._refuse(limit, item, stats.reset_time, surface)
+        await self._enforce(limit, who, surface, count=False)
 
     async def spend(self, limit: str, who: str, amount: int) -> None:
         """Count ``amount`` (generated tokens) already used; fills the window at most."""
@@ -107,11 +96,15 @@ class Limiter:
 
     async def check(self, limit: str, who: str, surface: str) -> None:
         """Count one hit of ``who`` against ``limit``; raise ``RateLimited`` past it."""
+        await self._enforce(limit, who, surface, count=True)
+
+    async def _enforce(self, limit: str, who: str, surface: str, *, count: bool) -> None:
         item = self.items.get(limit)
         if item is None:
             return
         try:
-            if await self.window.hit(item, "babeldesk", limit, who):
+            allowed = (self.window.hit if count else self.window.test)
+            if await allowed(item, "babeldesk", limit, who):
                 return
             stats = await self.window.get_window_stats(item, "babeldesk", limit, who)
         except Exception as exc:  # noqa: BLE001 - storage down: fail open, say so
