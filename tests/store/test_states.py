@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,6 @@ from babeldesk.config import StoreConfig
 from babeldesk.errors import Conflict, NotFound
 from babeldesk.store import SessionStore, Turn, open_session_store
 from babeldesk.store.base import Guard, State
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def sessions_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/sessions.db"
-    return request.getfixturevalue("redis_server").url  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def store(sessions_url: str) -> AsyncIterator[SessionStore]:
-    s = open_session_store(StoreConfig(sessions_url=sessions_url))
-    yield s
-    await s.close()
 
 
 async def _handed_off(store: SessionStore, sid: str) -> None:
