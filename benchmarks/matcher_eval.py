@@ -51,10 +51,10 @@ import numpy as np  # noqa: E402
 from babeldesk.knowledge.embed import EmbedderKind, default_cache_dir, embed_cached  # noqa: E402
 from babeldesk.knowledge.intents import Scores, calibrate  # noqa: E402
 from babeldesk.knowledge.documents import load_documents  # noqa: E402
-from babeldesk.support.kb import docs_dir, load_kb  # noqa: E402
+from babeldesk.knowledge.kb import docs_dir, load_kb  # noqa: E402
 from babeldesk.support.language import LanguageDetector  # noqa: E402
 from babeldesk.knowledge.anchors import load_anchors, normalize  # noqa: E402
-from babeldesk.support.matcher import IntentMatcher, MatcherConfig  # noqa: E402
+from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SETS = {"tune": HERE / "data" / "intent_eval.jsonl", "test": HERE / "data" / "intent_test.jsonl"}

@@ -63,7 +63,7 @@ from babeldesk.knowledge.retrieve import (
     relevance_signal,
 )
 from babeldesk.support.language import LanguageDetector
-from babeldesk.support.matcher import MatcherConfig, load_anchors, normalize
+from babeldesk.knowledge.matcher import MatcherConfig, load_anchors, normalize
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -161,7 +161,7 @@ def doc_rankings(corpus: Corpus, name: str, texts: Sequence[str], k: int,
 
 
 def matcher_neutralizer(embedder: Any) -> Neutralizer:
-    """The neutralizer the intent matcher fits (support/matcher.py ``train``, default
+    """The neutralizer the intent matcher fits (knowledge/matcher.py ``train``, default
     MatcherConfig): per-language means of the product's parallel corpus, read from the
     matcher's embedding cache when it has them."""
     anchors = load_anchors()

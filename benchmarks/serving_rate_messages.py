@@ -140,8 +140,8 @@ def screen(candidates: Sequence[Skeleton], threads: int = 1,
     from dataclasses import replace
 
     from babeldesk.knowledge.embed import EmbedderKind
-    from babeldesk.support.kb import load_kb
-    from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+    from babeldesk.knowledge.kb import load_kb
+    from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 
     base = MatcherConfig(threads=threads)
     configs = [replace(base, embedder=EmbedderKind(e)) for e in embedders] or [base]

@@ -250,7 +250,7 @@ class SupportConfig:
     kb: str = ""  # knowledge-base folder; "" = the bundled demo shop
     default_language: str = "en"  # before a session's language is known and no guess is usable
     # Ask the model to choose among the candidates when the best intent's score is within
-    # verify_band below the matcher's threshold (support/matcher.py). Off by default: the
+    # verify_band below the matcher's threshold (knowledge/matcher.py). Off by default: the
     # bundled 0.5B model did not beat the matcher alone (docs/benchmarks.md); turn it on
     # for a stronger model.
     verifier: bool = False

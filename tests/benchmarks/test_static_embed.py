@@ -15,7 +15,7 @@ import pytest
 
 from babeldesk.errors import ConfigError
 from babeldesk.knowledge.embed import is_inline
-from babeldesk.support.matcher import normalize
+from babeldesk.knowledge.matcher import normalize
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -17,7 +17,7 @@ from babeldesk.knowledge.documents import (
     slug,
     split_windows,
 )
-from babeldesk.support.kb import docs_dir, load_kb
+from babeldesk.knowledge.kb import docs_dir, load_kb
 
 GIFT = """---
 title: Gift cards

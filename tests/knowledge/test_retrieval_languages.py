@@ -13,9 +13,9 @@ from babeldesk.knowledge.embed import EmbedderKind, default_cache_dir, make_embe
 from babeldesk.knowledge.index import Fusion, IndexConfig
 from babeldesk.knowledge.neutral import Neutralizer
 from babeldesk.knowledge.retrieve import Retriever, open_help_center
-from babeldesk.support.kb import docs_dir
+from babeldesk.knowledge.kb import docs_dir
 from babeldesk.support.language import LanguageDetector
-from babeldesk.support.matcher import load_anchors, normalize
+from babeldesk.knowledge.matcher import load_anchors, normalize
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("onnxruntime")

@@ -14,9 +14,9 @@ from babeldesk.engine.loader import load_engine
 from babeldesk.knowledge.documents import load_documents
 from babeldesk.knowledge.retrieve import Retriever, default_store_dir, open_help_center, store_path
 from babeldesk.store import open_answer_cache, open_session_store
-from babeldesk.support.kb import docs_dir, load_kb
+from babeldesk.knowledge.kb import docs_dir, load_kb
 from babeldesk.support.language import LanguageDetector
-from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.metrics import Metrics
 

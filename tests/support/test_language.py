@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from babeldesk.errors import InvalidRequest
-from babeldesk.support.kb import load_kb
+from babeldesk.knowledge.kb import load_kb
 from babeldesk.support.language import (
     SUPPORTED_LANGUAGES,
     UNDETERMINED,

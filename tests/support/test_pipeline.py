@@ -13,9 +13,9 @@ import pytest
 from babeldesk.config import StoreConfig, SupportConfig
 from babeldesk.store import open_answer_cache, open_session_store
 from babeldesk.support.handoff import HandoffEvent, WebhookNotifier, repeats
-from babeldesk.support.kb import load_kb
+from babeldesk.knowledge.kb import load_kb
 from babeldesk.support.language_lock import LockState
-from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import (
     SupportPipeline, SupportRequest, decode_lock, encode_lock, validate_message,
 )

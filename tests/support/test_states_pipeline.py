@@ -13,8 +13,8 @@ from babeldesk.config import StoreConfig, SupportConfig
 from babeldesk.store import Turn, open_answer_cache, open_session_store
 from babeldesk.store.base import Guard, State
 from babeldesk.support.handoff import WebhookNotifier
-from babeldesk.support.kb import load_kb
-from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.knowledge.kb import load_kb
+from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline, SupportRequest
 from babeldesk.telemetry.metrics import Metrics
 from tests.support.test_pipeline import Receiver

@@ -28,9 +28,9 @@ from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.knowledge.embed import EmbedderKind, make_embedder
 from babeldesk.knowledge.retrieve import RetrievalConfig, Retriever, open_help_center
 from babeldesk.support.handoff import WebhookNotifier
-from babeldesk.support.kb import docs_dir, load_kb
+from babeldesk.knowledge.kb import docs_dir, load_kb
 from babeldesk.support.language import LanguageDetector
-from babeldesk.support.matcher import IntentMatcher, MatcherConfig
+from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics

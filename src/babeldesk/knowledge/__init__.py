@@ -1,1 +1,2 @@
-"""The shop's knowledge: embeddings, the document index and retrieval (DESIGN: may import core only)."""
+"""The shop's knowledge: KB files, the intent matcher, embeddings, the document index and
+retrieval (DESIGN: may import core only)."""

@@ -39,20 +39,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from babeldesk.errors import InvalidRequest
+# the codes babeldesk accepts live with the knowledge base, which validates its files
+# against them (support may import knowledge, not the other way); re-exported here
+from babeldesk.knowledge.languages import SUPPORTED_LANGUAGES
 from babeldesk.support.lexicon import WordEvidence, load_word_table, vocabulary_of, words
-
-# ISO 639-1 codes (lid.176's labels) babeldesk accepts: written languages lid.176 was
-# trained on (accuracy for 24 of them on the demo KB: docs/benchmarks.md). Knowledge-base
-# files and explicit request codes must use these; the lock only locks to these.
-# fmt: off
-SUPPORTED_LANGUAGES: frozenset[str] = frozenset([
-    "af", "am", "ar", "az", "be", "bg", "bn", "bs", "ca", "cs", "cy", "da", "de", "el", "en",
-    "eo", "es", "et", "eu", "fa", "fi", "fr", "ga", "gl", "gu", "he", "hi", "hr", "hu", "hy",
-    "id", "is", "it", "ja", "ka", "kk", "km", "kn", "ko", "lt", "lv", "mk", "ml", "mn", "mr",
-    "ms", "my", "ne", "nl", "no", "pa", "pl", "ps", "pt", "ro", "ru", "si", "sk", "sl", "sq",
-    "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "uz", "vi", "zh",
-])
-# fmt: on
 
 # Detector labels folded into a supported code.
 _ALIASES: dict[str, str] = {
@@ -343,7 +333,7 @@ class _IntentTexts(Protocol):
     def answers(self) -> Mapping[str, str]: ...
 
 
-class KnowledgeBaseLike(Protocol):  # support.kb.KnowledgeBase (kb.py imports this module)
+class KnowledgeBaseLike(Protocol):  # knowledge.kb.KnowledgeBase
     @property
     def intents(self) -> Mapping[str, Any]: ...
 

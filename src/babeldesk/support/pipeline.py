@@ -53,7 +53,7 @@ from babeldesk.store import (
 from babeldesk.store.events import MemoryEventBus
 from babeldesk.support.agents import AgentDesk, Translator
 from babeldesk.support.handoff import HandoffReason, WebhookNotifier, event, repeats
-from babeldesk.support.kb import KnowledgeBase
+from babeldesk.knowledge.kb import KnowledgeBase
 from babeldesk.support.language import (
     Detection,
     LanguageDetector,
@@ -64,7 +64,7 @@ from babeldesk.support.language import (
     text_weight,
 )
 from babeldesk.support.language_lock import LanguageLock, LockState
-from babeldesk.support.matcher import IntentMatcher, Match, llm_verifier
+from babeldesk.knowledge.matcher import IntentMatcher, Match, llm_verifier
 from babeldesk.support.prompt import (
     NO_ANSWER,
     Fact,

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from babeldesk.errors import KnowledgeBaseError
-from babeldesk.support.language import SUPPORTED_LANGUAGES
+from babeldesk.knowledge.languages import SUPPORTED_LANGUAGES
 
 SHOP_FILE = "shop.yaml"
 DOCS_DIR = "docs"  # help-center articles (any language), beside the intent files

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from babeldesk.errors import ConfigError, KnowledgeBaseError
-from babeldesk.support.kb import Example, KnowledgeBase, bundled_kb_dir, load_kb
-from babeldesk.support.language import SUPPORTED_LANGUAGES
+from babeldesk.knowledge.kb import Example, KnowledgeBase, bundled_kb_dir, load_kb
+from babeldesk.knowledge.languages import SUPPORTED_LANGUAGES
 
 DESIGN_INTENTS = {
     "order_status", "delivery_time", "shipping_cost", "international_shipping",

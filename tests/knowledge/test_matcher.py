@@ -16,8 +16,8 @@ from babeldesk.errors import ConfigError
 from babeldesk.knowledge.anchors import load_anchors, normalize
 from babeldesk.knowledge.embed import EmbedderKind, embed_cached
 from babeldesk.knowledge.intents import IntentScorer, Scores, calibrate, decide
-from babeldesk.support.kb import load_kb
-from babeldesk.support.matcher import (
+from babeldesk.knowledge.kb import load_kb
+from babeldesk.knowledge.matcher import (
     Candidate,
     IntentMatcher,
     Match,

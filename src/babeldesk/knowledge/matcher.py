@@ -57,7 +57,7 @@ from babeldesk.knowledge.embed import (
 )
 from babeldesk.knowledge.intents import IntentScorer, Scores, SurfaceSimilarity, decide
 from babeldesk.knowledge.neutral import Neutralizer
-from babeldesk.support.kb import KnowledgeBase
+from babeldesk.knowledge.kb import KnowledgeBase
 from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams, collect
 
 log = logging.getLogger(__name__)
