@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from babeldesk.store import (
 )
 from babeldesk.store.memory import MemoryAnswerCache, MemorySessionStore
 from babeldesk.store.sqlite import SqliteSessionStore
+from tests.clock import Clock
 
 TTLS = {CacheKind.KB: 60.0, CacheKind.MODEL: 60.0}
 
@@ -45,13 +45,16 @@ async def test_least_recently_used_goes_first() -> None:
 
 
 async def test_ttl_per_kind_and_per_entry() -> None:
-    cache = MemoryAnswerCache(10, {CacheKind.KB: 60.0, CacheKind.MODEL: 0.2})
+    clock = Clock()
+    cache = MemoryAnswerCache(10, {CacheKind.KB: 60.0, CacheKind.MODEL: 20.0}, clock)
     kb = kb_answer_key("promo_code", "it", "v1")
     model = model_answer_key("it", "avete sconti?", "v1")
     await cache.set(kb, "kb")
     await cache.set(model, "model")
-    await cache.set(kb_answer_key("warranty", "it", "v1"), "short", ttl_s=0.2)
-    await asyncio.sleep(0.4)
+    await cache.set(kb_answer_key("warranty", "it", "v1"), "short", ttl_s=20.0)
+    clock.advance(19.0)
+    assert (await cache.get(model)).hit
+    clock.advance(2.0)
     assert (await cache.get(kb)).hit
     assert not (await cache.get(model)).hit
     assert not (await cache.get(kb_answer_key("warranty", "it", "v1"))).hit

@@ -19,6 +19,7 @@ from babeldesk.store import (
     open_answer_cache,
     open_session_store,
 )
+from tests.clock import Clock
 
 from .redis_server import RedisServer, release, run_appenders, start_appenders
 
@@ -58,8 +59,11 @@ async def test_cache_entries_expire(redis_server: RedisServer) -> None:
         await cache.set(kb, "We ship to 40 countries.")
         await cache.set(model_answer_key("en", "explicit", "v1"), "x", ttl_s=0.3)
         assert (await cache.get(short)).hit
-        await asyncio.sleep(0.8)
-        assert (await cache.get(short)).result is LookupResult.MISS
+        # Redis expires keys on its own clock: wait for the miss, with a deadline
+        deadline = time.monotonic() + 10
+        while (await cache.get(short)).hit:
+            assert time.monotonic() < deadline, "the entry outlived its TTL"
+            await asyncio.sleep(0.02)
         assert (await cache.get(model_answer_key("en", "explicit", "v1"))).result is LookupResult.MISS
         assert (await cache.get(kb)).hit  # the KB kind's TTL is a week
     finally:
@@ -67,7 +71,8 @@ async def test_cache_entries_expire(redis_server: RedisServer) -> None:
 
 
 async def test_redis_down_bypasses_the_cache_then_recovers(redis_server: RedisServer) -> None:
-    cache = open_answer_cache(config(redis_server, cache_bypass_s=0.5))
+    clock = Clock()
+    cache = open_answer_cache(config(redis_server, cache_bypass_s=30.0), clock)
     key = kb_answer_key("opening_hours", "fr", "v1")
     try:
         await cache.set(key, "Nous sommes ouverts 9h-18h.")
@@ -77,7 +82,9 @@ async def test_redis_down_bypasses_the_cache_then_recovers(redis_server: RedisSe
         assert await cache.set(key, "skipped") is False
         redis_server.start()  # same dir: the AOF brings the entry back
         assert (await cache.get(key)).result is LookupResult.ERROR  # still in the bypass window
-        await asyncio.sleep(0.6)
+        clock.advance(29.0)
+        assert (await cache.get(key)).result is LookupResult.ERROR
+        clock.advance(2.0)
         back = await cache.get(key)
         assert back.hit and back.value == "Nous sommes ouverts 9h-18h."
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from babeldesk.errors import NotFound
@@ -31,9 +31,11 @@ from babeldesk.store.redact import Redactor
 class MemoryAnswerCache:
     """At most ``max_entries`` answers; the least recently used goes first when full."""
 
-    def __init__(self, max_entries: int, ttls: Mapping[CacheKind, float]) -> None:
+    def __init__(self, max_entries: int, ttls: Mapping[CacheKind, float],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
         self._ttls = dict(ttls)  # seconds per kind
+        self._clock = clock  # seconds, monotonic
         # key -> (expires_at: monotonic seconds, value); order: least recently used first
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
@@ -45,7 +47,7 @@ class MemoryAnswerCache:
         if entry is None:
             return CacheLookup(key.kind, LookupResult.MISS)
         expires_at, value = entry
-        if expires_at <= time.monotonic():
+        if expires_at <= self._clock():
             del self._entries[key.key]
             return CacheLookup(key.kind, LookupResult.MISS)
         self._entries.move_to_end(key.key)
@@ -53,7 +55,7 @@ class MemoryAnswerCache:
 
     async def set(self, key: CacheKey, value: str, ttl_s: float | None = None) -> bool:
         ttl = self._ttls[key.kind] if ttl_s is None else ttl_s
-        self._entries[key.key] = (time.monotonic() + ttl, value)
+        self._entries[key.key] = (self._clock() + ttl, value)
         self._entries.move_to_end(key.key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -69,7 +71,7 @@ class MemoryAnswerCache:
 @dataclass
 class _Session:
     created_at: float  # Unix seconds
-    touched: float  # monotonic seconds of the last write
+    touched: float  # Unix seconds of the last write
     turns: list[Turn] = field(default_factory=list)
     language: str | None = None
     handoff_reason: str | None = None
@@ -82,14 +84,16 @@ class _Session:
 class MemorySessionStore:
     """Sessions in a dict; idle ones expire after ``ttl_s``. For tests and one-off runs."""
 
-    def __init__(self, ttl_s: float, redactor: Redactor | None = None) -> None:
+    def __init__(self, ttl_s: float, redactor: Redactor | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
         self._redactor = redactor
+        self._clock = clock  # Unix seconds, as the sqlite and Redis stores keep them
         self._sessions: dict[str, _Session] = {}
 
     def _get(self, session_id: str) -> _Session:
         s = self._sessions.get(session_id)
-        if s is not None and time.monotonic() - s.touched > self.ttl_s:
+        if s is not None and self._clock() - s.touched > self.ttl_s:
             del self._sessions[session_id]
             s = None
         if s is None:
@@ -99,7 +103,8 @@ class MemorySessionStore:
     async def create(self, session_id: str | None = None) -> str:
         sid = session_id or new_session_id()
         if not await self.exists(sid):
-            self._sessions[sid] = _Session(created_at=time.time(), touched=time.monotonic())
+            now = self._clock()
+            self._sessions[sid] = _Session(created_at=now, touched=now)
         return sid
 
     async def exists(self, session_id: str) -> bool:
@@ -112,7 +117,7 @@ class MemorySessionStore:
     async def append(self, session_id: str, turn: Turn) -> int:
         s = self._get(session_id)
         s.turns.append(self._redactor.turn(turn) if self._redactor else turn)
-        s.touched = time.monotonic()
+        s.touched = self._clock()
         return len(s.turns)
 
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
@@ -121,12 +126,13 @@ class MemorySessionStore:
                      state: State | None = None, agent: str | None | Keep = KEEP,
                      agent_language: str | None = None) -> int:
         if create and not await self.exists(session_id):
-            self._sessions[session_id] = _Session(created_at=time.time(), touched=time.monotonic())
+            now = self._clock()
+            self._sessions[session_id] = _Session(created_at=now, touched=now)
         s = self._get(session_id)
         if guard is not None:
             guard.check(s.state, s.agent)
         if state is not None:
-            s.state, s.state_since = State(state).value, time.time()
+            s.state, s.state_since = State(state).value, self._clock()
         if agent is not KEEP:
             s.agent, s.agent_language = agent, agent_language
         if language is not KEEP:
@@ -135,7 +141,7 @@ class MemorySessionStore:
         s.turns.extend(red.turn(t) if red else t for t in turns)
         if handoff_reason:
             s.handoff_reason = handoff_reason
-        s.touched = time.monotonic()
+        s.touched = self._clock()
         return len(s.turns)
 
     async def transcript(self, session_id: str, last: int | None = None) -> Transcript:
@@ -145,10 +151,8 @@ class MemorySessionStore:
                           s.state, s.agent, s.agent_language, s.state_since)
 
     async def session_ids(self, updated_since: float) -> list[str]:
-        # touched is monotonic: compare ages
-        age = time.time() - updated_since
         return [sid for sid in list(self._sessions) if await self.exists(sid)
-                and time.monotonic() - self._sessions[sid].touched <= age]
+                and self._sessions[sid].touched >= updated_since]
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
         found = []

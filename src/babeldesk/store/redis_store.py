@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -137,21 +137,22 @@ def connect(url: str, timeout_s: float) -> Redis:
 
 class RedisAnswerCache:
     def __init__(self, client: Redis, ttls: Mapping[CacheKind, float], prefix: str = "babeldesk:",
-                 bypass_s: float = 1.0) -> None:
+                 bypass_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = client
+        self._clock = clock  # seconds, monotonic: the bypass window
         self._ttls = dict(ttls)  # seconds per kind
         self._prefix = prefix + "cache:"
         self.bypass_s = bypass_s
         self._down_until = 0.0  # monotonic seconds; Redis is not tried before it
 
     def _bypassed(self) -> bool:
-        return time.monotonic() < self._down_until
+        return self._clock() < self._down_until
 
     def _failed(self, op: str, exc: Exception) -> None:
         if not self._bypassed():  # one log line per bypass window, not one per message
             log.warning("answer cache %s failed, bypassing Redis for %.1fs: %s",
                         op, self.bypass_s, exc)
-        self._down_until = time.monotonic() + self.bypass_s
+        self._down_until = self._clock() + self.bypass_s
 
     async def get(self, key: CacheKey) -> CacheLookup:
         if self._bypassed():

@@ -56,8 +56,10 @@ GROUP_LINGER_S = 0.001  # a group started this soon after the last commit waits 
 
 class SqliteSessionStore:
     def __init__(self, path: str | Path, ttl_s: float, redactor: Redactor | None = None,
-                 retry_after_s: float = 5.0, fsync: bool = False) -> None:
+                 retry_after_s: float = 5.0, fsync: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self._clock = clock  # Unix seconds: created_at, updated_at, expiry
         self.fsync = fsync
         self.ttl_s = ttl_s
         self.retry_after_s = retry_after_s
@@ -71,7 +73,7 @@ class SqliteSessionStore:
         self._commits = 0  # inline group commits, for the checkpoint cadence
         self._committed_at = 0.0  # loop time of the last inline commit
         self._inline: sqlite3.Connection | None = None  # the event loop thread's connection
-        self._swept_at = 0.0  # time.time() of the last sweep of expired sessions
+        self._swept_at = 0.0  # clock() of the last sweep of expired sessions
 
     # --- plumbing (executor thread) ---------------------------------------------------
 
@@ -222,7 +224,7 @@ class SqliteSessionStore:
             " agent_language FROM sessions WHERE id = ?",
             (session_id,),
         ).fetchone()
-        if row is None or time.time() - row[1] > self.ttl_s:
+        if row is None or self._clock() - row[1] > self.ttl_s:
             raise NotFound(f"unknown session {session_id!r}", param="session_id")
         return tuple(row)
 
@@ -232,7 +234,7 @@ class SqliteSessionStore:
         sid = session_id or new_session_id()
 
         def op(conn: sqlite3.Connection) -> None:
-            now = time.time()
+            now = self._clock()
             conn.execute("DELETE FROM sessions WHERE updated_at < ?", (now - self.ttl_s,))
             conn.execute(
                 "INSERT OR IGNORE INTO sessions (id, created_at, updated_at) VALUES (?, ?, ?)",
@@ -258,7 +260,7 @@ class SqliteSessionStore:
                 "SELECT COALESCE(MAX(seq) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
             ).fetchone()
             conn.execute(INSERT_TURN, turn_row(session_id, int(seq), t))
-            conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (time.time(), session_id))
+            conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (self._clock(), session_id))
             return int(seq) + 1
 
         return await self._run(lambda: self._tx(op))
@@ -273,7 +275,7 @@ class SqliteSessionStore:
 
         def op(conn: sqlite3.Connection) -> int:
             # nothing is written before the session is known to exist (see _commit_group)
-            now = time.time()
+            now = self._clock()
 
             def insert_turns(seq: int) -> int:
                 conn.executemany(INSERT_TURN, [turn_row(session_id, seq + i, t)
@@ -355,7 +357,7 @@ class SqliteSessionStore:
         def op(conn: sqlite3.Connection) -> None:
             self._live(conn, session_id)
             conn.execute(f"UPDATE sessions SET {column} = ?, updated_at = ? WHERE id = ?",
-                         (value, time.time(), session_id))
+                         (value, self._clock(), session_id))
 
         await self._run(lambda: self._tx(op))
 
@@ -370,11 +372,11 @@ class SqliteSessionStore:
         return row[2]  # type: ignore[no-any-return]
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
-        since = time.time() - self.ttl_s  # expired sessions are not waiting
+        since = self._clock() - self.ttl_s  # expired sessions are not waiting
         return await self._read(lambda c: waiting_rows(c, since, limit))
 
     async def session_ids(self, updated_since: float) -> list[str]:
-        since = max(updated_since, time.time() - self.ttl_s)
+        since = max(updated_since, self._clock() - self.ttl_s)
         return await self._read(lambda c: ids_since(c, since))
 
     async def ping(self) -> None:

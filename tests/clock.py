@@ -1,0 +1,20 @@
+"""A clock tests drive: the real clock plus a skew that ``advance`` moves forward, so a
+test steps past a TTL, a bypass window or a breaker's open time at once instead of sleeping
+for it, while timeouts that run on the real clock keep working."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class Clock:
+    def __init__(self, base: Callable[[], float] = time.monotonic) -> None:
+        self._base = base  # time.monotonic or time.time: the clock this one stands in for
+        self.skew = 0.0  # seconds added by advance()
+
+    def __call__(self) -> float:
+        return self._base() + self.skew
+
+    def advance(self, seconds: float) -> None:
+        self.skew += seconds
