@@ -1,17 +1,19 @@
 """Tables and PNGs from the engine benchmark's JSON (benchmarks/results/engine/*.json).
 
-The Markdown goes into docs/benchmarks.md between the engine markers (nothing else in
-that file is touched); the PNGs into docs/img/engine_*.png.
+The Markdown goes into docs/benchmarks/engine.md (the engine's detailed runs) between the
+engine markers (nothing else in that file is touched); the PNGs into docs/img/engine_*.png,
+linked relative to the Markdown file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DOC = HERE.parent / "docs" / "benchmarks.md"
+DOC = HERE.parent / "docs" / "benchmarks" / "engine.md"
 IMG = HERE.parent / "docs" / "img"
 BEGIN, END = "<!-- engine-bench:begin -->", "<!-- engine-bench:end -->"
 SETTING_ORDER = ("pipeline", "tf-float32", "tf-bfloat16", "tf-int8", "llamacpp", "llamacpp-server",
@@ -148,7 +150,7 @@ def sample_tables(runs: list[dict], model: str, width: int = 90) -> list[str]:
     return out
 
 
-def markdown(runs: list[dict]) -> str:
+def markdown(runs: list[dict], img_link: str = "img") -> str:
     if not runs:
         return "(no runs yet)"
     dates = sorted(r["date"] for r in runs)
@@ -163,8 +165,8 @@ def markdown(runs: list[dict]) -> str:
     for model in sorted({r["model"] for r in runs}, key=lambda m: m != "smollm2-135m"):
         mine = [r for r in runs if r["model"] == model]
         lines += [f"#### {model}", "", *table(mine), "", *targets(runs, model), "",
-                  f"![{model} tokens/s](img/engine_{model}_throughput.png)",
-                  f"![{model} latency](img/engine_{model}_latency.png)", "",
+                  f"![{model} tokens/s]({img_link}/engine_{model}_throughput.png)",
+                  f"![{model} latency]({img_link}/engine_{model}_latency.png)", "",
                   *sample_tables(runs, model)]
     return "\n".join(lines)
 
@@ -232,4 +234,5 @@ def write_report(results: Path, doc: Path = DOC, img: Path = IMG) -> None:
         raise SystemExit(f"{doc} has no {BEGIN} ... {END} block")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{markdown(runs)}\n{END}{tail}", encoding="utf-8")
+    img_link = Path(os.path.relpath(img, doc.parent)).as_posix()
+    doc.write_text(f"{head}{BEGIN}\n{markdown(runs, img_link)}\n{END}{tail}", encoding="utf-8")

@@ -456,7 +456,7 @@ def plot(result: dict[str, Any], png: Path) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The result as the table in docs/benchmarks.md."""
+    """The result as the table in docs/benchmarks/gateway.md."""
     m, lat, chat, tp = (result["meta"], result["latency_models"],
                         result["latency_chat_max_tokens_1"], result["throughput"])
     rows = [("| path | p50 ms | p99 ms | added p50 ms | added p99 ms | requests per proxy "

@@ -1,5 +1,5 @@
 """A static sentence embedding distilled from multilingual-e5-small (model2vec's recipe):
-an experiment, kept because docs/benchmarks.md ("Static embedding distilled from e5")
+an experiment, kept because docs/benchmarks/matcher.md ("Static embedding distilled from e5")
 records the decision it informed; it is not part of the serving package.
 
 Why it was tried: the e5 forward pass costs 12-20 ms of CPU a message, ~40x the budget of

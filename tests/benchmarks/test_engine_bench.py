@@ -62,3 +62,20 @@ def test_tiny_run_writes_json_and_report(tmp_path: Path) -> None:
     assert "| (c) babeldesk llamacpp | burst | 4 |" in text
     for name in ("engine_smollm2-135m_throughput.png", "engine_smollm2-135m_latency.png"):
         assert (tmp_path / "img" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_links_images_relative_to_the_detail_file(tmp_path: Path) -> None:
+    """The engine's detailed runs live in docs/benchmarks/engine.md, one folder below the
+    images: the generated block links ../img/, and regenerating it from the committed JSON
+    gives the committed block (the file is the report of those runs, not hand-edited)."""
+    assert engine_report.DOC == REPO / "docs" / "benchmarks" / "engine.md"
+    committed = engine_report.DOC.read_text(encoding="utf-8")
+    doc = tmp_path / "docs" / "benchmarks" / "engine.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text(committed, encoding="utf-8")
+    engine_report.write_report(REPO / "benchmarks" / "results" / "engine", doc,
+                               tmp_path / "docs" / "img")
+    text = doc.read_text(encoding="utf-8")
+    assert "](../img/engine_qwen2.5-0.5b_throughput.png)" in text
+    assert "](img/engine_" not in text
+    assert text == committed

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 SETTINGS = {
     # prefix reuse off: the second (streamed) request would reuse the first one's KV, and
     # qwen's q4_k_m kernels give a row other bits when it is computed in another chunk
-    # (docs/benchmarks.md, "Engine: prefix reuse across requests"), so greedy text may
+    # (docs/benchmarks/engine.md, "Engine: prefix reuse across requests"), so greedy text may
     # differ; this test compares the two response paths, not the cache
     "qwen2.5-0.5b-llamacpp": ["--model", "qwen2.5-0.5b", "--no-prefix-cache"],
     "smollm2-135m-transformers-bf16": ["--model", "smollm2-135m", "--backend", "transformers",
