@@ -294,7 +294,7 @@ async def _app_cost(n: int) -> float:
     from babeldesk.gateway.app import GatewayState, create_app
     from babeldesk.gateway.passthrough import Passthrough
     from babeldesk.telemetry.metrics import Metrics
-    from babeldesk.web import Phase
+    from babeldesk.edge.lifecycle import Phase
 
     body = b'{"object":"list","data":[{"id":"m","object":"model","owned_by":"w"}]}'
 

@@ -20,7 +20,7 @@ from babeldesk.fleet import Fleet
 from babeldesk.gateway.app import GatewayState, create_app
 from babeldesk.gateway.passthrough import Passthrough
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.web import Phase
+from babeldesk.edge.lifecycle import Phase
 from tests.fleet.faulty_server import FaultyServer, free_port
 
 CHAT = {"model": "faulty", "messages": [{"role": "user", "content": "hi"}]}

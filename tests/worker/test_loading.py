@@ -8,7 +8,7 @@ import httpx
 
 from babeldesk.config import load_config
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.web import Phase
+from babeldesk.edge.lifecycle import Phase
 from babeldesk.worker.app import WorkerState, create_app
 
 

@@ -34,6 +34,7 @@ from starlette.types import Scope as AsgiScope
 
 from babeldesk.config import LimitsConfig
 from babeldesk.edge.auth import RouteLabel
+from babeldesk.edge.errors import error_response
 from babeldesk.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,6 @@ class RateLimit:
                     await self.limiter.check("ip_messages",
                                              client_ip(scope, self.forwarded), "public")
             except RateLimited as exc:
-                from babeldesk.web import error_response
-
                 if scope["path"] == self.message_path:  # the route it would have reached
                     scope.setdefault("route", RouteLabel(self.message_path))
                 await error_response(exc)(scope, receive, send)

@@ -39,7 +39,8 @@ from babeldesk.store.events import EventBus
 from babeldesk.support.agents import AGENTS_CHANNEL, AgentDesk, session_channel
 from babeldesk.support.language import normalize_language_code
 from babeldesk.support.pipeline import SupportPipeline, validate_message
-from babeldesk.web import Phase, decode_json_body, read_body
+from babeldesk.edge.bodies import decode_json_body, read_body
+from babeldesk.edge.lifecycle import Phase
 
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
 STOP_CHECK_S = 1.0  # how often an open stream looks whether the gateway is draining

@@ -23,18 +23,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babeldesk.config import Config
 from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface, is_loopback
+from babeldesk.edge.errors import install_error_handlers
+from babeldesk.edge.lifecycle import Phase
 from babeldesk.edge.ratelimit import Limiter, RateLimit
+from babeldesk.edge.stack import EdgeApp
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unavailable
-from babeldesk.gateway.hot import SUPPORT_PATH, HotRoutes, support_endpoint
+from babeldesk.gateway.hot import SUPPORT_PATH, support_endpoint
 from babeldesk.store import Turn
 from babeldesk.support.language import accept_language as language_of_header
 from babeldesk.support.pipeline import SupportPipeline, SupportReply, SupportRequest
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
-from babeldesk.web import (
-    Phase,
-    install_error_handlers,
-)
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -166,7 +165,7 @@ async def _store_answers(state: GatewayState) -> bool:
 
 def create_app(state: GatewayState) -> FastAPI:
     cfg = state.config.gateway
-    app = HotRoutes(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None,
+    app = EdgeApp(title="babeldesk", docs_url=None, redoc_url=None, openapi_url=None,
                     **_NO_OTEL)
     install_error_handlers(app)
     app.state.gateway = state

@@ -3,13 +3,13 @@
 
 This is the gateway's hot path when it fronts workers for OpenAI clients, so it skips what
 costs without doing anything here: FastAPI's middleware stack, routing and dependency
-solving (``install`` puts the endpoints in ``HotRoutes.hot``, served before all that but
+solving (``install`` puts the endpoints in ``EdgeApp.hot``, served before all that but
 inside the edge's middleware (operator auth), with the request metrics and the JSON
 errors done here as the middleware and handlers would), re-encoding the JSON body (the client's bytes go upstream as they
 came, after one parse that checks them and reads ``stream``), and a ``Response`` object
 for a whole answer (two ASGI messages are sent directly). A client that hangs up stops
 the upstream request, so the worker aborts the generation and frees its slot: while a
-whole answer is awaited, through ``web.until_disconnect`` (the upstream call is
+whole answer is awaited, through ``edge.disconnect.until_disconnect`` (the upstream call is
 cancelled and its connection closed); a streamed answer goes out through
 ``StreamingResponse``, whose disconnect listener stops the upstream stream. The same
 endpoints are also plain routes (other methods get 405 there; an app without ``hot``
@@ -34,8 +34,9 @@ from starlette.routing import Match, Route
 from babeldesk.errors import InvalidRequest
 from babeldesk.fleet.client import Fleet, UpstreamReply
 from babeldesk.gateway.app import GatewayState
-from babeldesk.gateway.hot import Counted
-from babeldesk.web import decode_json_body, read_body, until_disconnect
+from babeldesk.edge.bodies import decode_json_body, read_body
+from babeldesk.edge.disconnect import until_disconnect
+from babeldesk.edge.errors import Counted
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]

@@ -35,7 +35,8 @@ from babeldesk.support.pipeline import SupportPipeline
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.types import ChatModel
-from babeldesk.web import DrainingServer, freeze_heap, unavailable_until_mounted
+from babeldesk.edge.errors import unavailable_until_mounted
+from babeldesk.edge.lifecycle import DrainingServer, freeze_heap
 
 log = logging.getLogger("babeldesk.gateway")
 

@@ -17,7 +17,8 @@ from babeldesk.worker.openai_api import OPENAI_PATHS, GuardedEngine, openai_rout
 from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
-from babeldesk.web import Phase, install_error_handlers, unavailable_until_mounted
+from babeldesk.edge.errors import install_error_handlers, unavailable_until_mounted
+from babeldesk.edge.lifecycle import Phase
 
 log = logging.getLogger(__name__)
 # with worker.api_key set, the OpenAI API needs it; /health, /ready, /metrics stay open

@@ -4,7 +4,7 @@ messages, max_tokens, temperature, top_p, seed, stop, stream, usage).
 Request parsing is a pure function (``parse_chat_request``) so bad input is tested
 without a server; ``openai_router`` mounts it on FastAPI for the worker and for ``serve``.
 A client that hangs up aborts its engine sequence and frees the batch slot: a whole
-answer through ``web.until_disconnect`` (counted 499), a stream when the server stops it.
+answer through ``edge.disconnect.until_disconnect`` (counted 499), a stream when the server stops it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from babeldesk.errors import InvalidRequest, ModelNotFound
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
-from babeldesk.web import decode_json_body, read_body, until_disconnect
+from babeldesk.edge.bodies import decode_json_body, read_body
+from babeldesk.edge.disconnect import until_disconnect
 
 MAX_STOP = 4
 MAX_SEED = 2**63 - 1

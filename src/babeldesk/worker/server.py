@@ -16,7 +16,7 @@ from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
-from babeldesk.web import DrainingServer, freeze_heap
+from babeldesk.edge.lifecycle import DrainingServer, freeze_heap
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
 
 log = logging.getLogger("babeldesk.worker")
