@@ -1,13 +1,18 @@
-"""Shared fixtures: free ports, real worker processes, bundled model paths."""
+"""Shared fixtures: free ports, real worker processes, bundled model paths, a real
+webhook receiver."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator
 
@@ -86,3 +91,63 @@ def smol_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc
                      "--max-batch-size", "16", "--max-model-len", "1024", "--max-queue", "128")
     yield w
     w.stop()
+
+
+class WebhookReceiver:
+    """A real HTTP server on a free port that keeps each POST it accepts: the raw body and
+    the headers (names in lower case). The first ``failures`` POSTs are answered 500 and
+    not kept."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.got: list[tuple[bytes, dict[str, str]]] = []
+        self._changed = threading.Condition()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                with outer._changed:
+                    if outer.failures > 0:
+                        outer.failures -= 1
+                        self.send_response(500)
+                    else:
+                        outer.got.append((body, {k.lower(): v for k, v in self.headers.items()}))
+                        outer._changed.notify_all()
+                        self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def events(self) -> list[dict]:
+        """The kept bodies as JSON."""
+        return [json.loads(body) for body, _ in self.got]
+
+    def wait(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until ``count`` POSTs are kept (True) or ``timeout`` passes (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.got) >= count, timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[Callable[..., WebhookReceiver]]:
+    """Makes ``WebhookReceiver(failures=...)``; every one made is shut down afterwards."""
+    made: list[WebhookReceiver] = []
+
+    def make(failures: int = 0) -> WebhookReceiver:
+        made.append(WebhookReceiver(failures))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()

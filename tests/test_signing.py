@@ -4,17 +4,15 @@ bytes it received; the same bytes tampered with, or replayed late, are refused."
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from babeldesk.signing import SIGNATURE_HEADER, InvalidSignature, sign, verify
-from tests.conftest import free_port, start_worker
+from tests.conftest import WebhookReceiver, start_worker
 
 SECRET = "whsec-0123456789abcdef"
 BODY = b'{"type": "handoff.requested", "session_id": "s1"}'
@@ -44,37 +42,10 @@ def test_wrong_secret_is_refused() -> None:
         verify(SECRET, BODY, header, now=1_800_000_000)
 
 
-class RawReceiver:
-    """Keeps each POST's raw body and signature header."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[bytes, str | None]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.got.append((body, self.headers.get(SIGNATURE_HEADER)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[RawReceiver]:
-    r = RawReceiver()
-    yield r
-    r.server.shutdown()
-
-
 @pytest.mark.slow
-def test_serve_signs_its_handoff_webhook(tmp_path: Path, receiver: RawReceiver) -> None:
+def test_serve_signs_its_handoff_webhook(
+        tmp_path: Path, webhook_receiver: Callable[..., WebhookReceiver]) -> None:
+    receiver = webhook_receiver()
     serve = start_worker(tmp_path, "--model", "smollm2-135m", "--sessions", "memory://",
                          "--no-verifier", "--webhook", receiver.url, command="serve",
                          env={"BABELDESK_SUPPORT_WEBHOOK_SECRET": SECRET,
@@ -83,13 +54,11 @@ def test_serve_signs_its_handoff_webhook(tmp_path: Path, receiver: RawReceiver) 
         r = httpx.post(serve.url + "/v1/support/messages", timeout=120,
                        json={"message": "I want to talk to a human agent, please."})
         assert r.status_code == 200 and r.json()["handoff"], r.text
-        for _ in range(100):
-            if receiver.got:
-                break
-            threading.Event().wait(0.1)
+        assert receiver.wait(1, timeout=10.0), "no webhook arrived"
     finally:
         serve.stop()
-    body, header = receiver.got[0]
+    body, headers = receiver.got[0]
+    header = headers[SIGNATURE_HEADER.lower()]
     assert json.loads(body)["session_id"] == r.json()["session_id"]
     verify(SECRET, body, header)
     with pytest.raises(InvalidSignature):

@@ -4,9 +4,6 @@ webhook retries against a real HTTP server, cache bypass on a dead Redis."""
 from __future__ import annotations
 
 import asyncio
-import http.server
-import json
-import threading
 
 import pytest
 
@@ -32,33 +29,6 @@ def kb_and_matcher():
     return kb, IntentMatcher.from_kb(kb, MatcherConfig(threads=1))
 
 
-class Receiver:
-    """A real HTTP server that fails the first ``failures`` POSTs with 500."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.received: list[dict] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["content-length"]))
-                if outer.failures > 0:
-                    outer.failures -= 1
-                    self.send_response(500)
-                else:
-                    outer.received.append(json.loads(body))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def pipeline(kb, matcher, **kw) -> tuple[SupportPipeline, Metrics]:
     metrics = Metrics("test")
     store = StoreConfig(cache_url=kw.pop("cache_url", "memory://"), sessions_url="memory://")
@@ -68,9 +38,9 @@ def pipeline(kb, matcher, **kw) -> tuple[SupportPipeline, Metrics]:
     return p, metrics
 
 
-def test_handoff_webhook_is_retried_and_never_delays_the_reply(kb_and_matcher) -> None:
+def test_handoff_webhook_is_retried_and_never_delays_the_reply(kb_and_matcher, webhook_receiver) -> None:
     kb, matcher = kb_and_matcher
-    receiver = Receiver(failures=2)
+    receiver = webhook_receiver(failures=2)
     notifier = WebhookNotifier(receiver.url, attempts=4, first_backoff_s=0.2)
     p, metrics = pipeline(kb, matcher, notifier=notifier,
                           redact=lambda t: t.replace("555 1234", "[phone]"))
@@ -78,16 +48,15 @@ def test_handoff_webhook_is_retried_and_never_delays_the_reply(kb_and_matcher) -
     async def run():
         reply = await p.handle(SupportRequest("I want to speak to a human agent please, call me at 555 1234"))
         assert reply.handoff == {"reason": "customer_request"} and reply.reply
-        assert receiver.received == []  # the reply came back before the webhook succeeded
+        assert receiver.got == []  # the reply came back before the webhook succeeded
         await notifier.aclose()
         return reply
 
     reply = asyncio.run(run())
     assert notifier.delivered == 1 and notifier.failed == 0
-    (event,) = receiver.received
+    (event,) = receiver.events
     assert event["type"] == "handoff.requested" and event["session_id"] == reply.session_id
     assert event["reason"] == "customer_request" and "555 1234" not in event["message"]
-    receiver.server.shutdown()
 
 
 def test_dead_webhook_gives_up_but_the_customer_is_answered(kb_and_matcher) -> None:
