@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,11 +88,10 @@ def test_a_trial_that_cannot_meet_the_slo_stops_early() -> None:
         finally:
             server.close()
 
-    started = time.monotonic()
     result = asyncio.run(main())
     assert result.stopped_early and not result.meets(20)
     assert result.p99_ms > 20
-    assert time.monotonic() - started < 4  # did not run the whole 5 s
+    assert result.ok < result.measured // 2, result  # the rest was never sent
 
 
 @pytest.mark.slow

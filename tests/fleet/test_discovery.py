@@ -83,7 +83,8 @@ async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyp
         await asyncio.sleep(0.02)
 
 
-async def test_upstreams_file_is_reloaded_on_change(tmp_path: Path) -> None:
+async def test_upstreams_file_is_reloaded_on_change(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     a, b = FaultyServer("a"), FaultyServer("b")
     with a.running(), b.running():
         f = tmp_path / "upstreams.yaml"
@@ -105,7 +106,7 @@ async def test_upstreams_file_is_reloaded_on_change(tmp_path: Path) -> None:
             reply = await fleet.request({"model": "m", "messages": []})
             assert reply.status == 200 and b.chat_requests == 1
             f.write_text("- [broken\n")  # a half-written file keeps the last good list
-            await asyncio.sleep(0.2)
+            await wait_for(lambda: "keeping 2 upstreams" in caplog.text)  # it was read
             assert len(fleet.pool.upstreams) == 2
             f.write_text(f"- {b.url}\n")
             await wait_for(lambda: [u.name for u in fleet.pool.upstreams] == [b.url])

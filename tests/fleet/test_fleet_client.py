@@ -15,6 +15,7 @@ from babeldesk.fleet import BreakerState, Fleet, FleetChatModel
 from babeldesk.sse import EventSplitter, event_data, parse_chunk
 from babeldesk.telemetry.metrics import Metrics
 from babeldesk.types import ChatMessage, ChatRequest, collect
+from tests.clock import Clock
 
 CHAT = {"model": "faulty", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -39,8 +40,9 @@ def config(servers: list[FaultyServer], **kw: object) -> FleetConfig:
 async def make_fleet() -> AsyncIterator[object]:
     made: list[Fleet] = []
 
-    async def make(cfg: FleetConfig, metrics: Metrics | None = None) -> Fleet:
-        f = Fleet(cfg, metrics=metrics)
+    async def make(cfg: FleetConfig, metrics: Metrics | None = None,
+                   clock: Clock | None = None) -> Fleet:
+        f = Fleet(cfg, metrics=metrics, clock=clock or Clock())
         await f.start()
         made.append(f)
         return f
@@ -237,7 +239,8 @@ async def test_a_retry_does_not_advance_the_round_robin(servers, make_fleet) -> 
 async def test_open_breaker_half_opens_and_recovers(servers, make_fleet) -> None:
     a, b, c = servers
     a.mode = "error500"
-    fleet = await make_fleet(config([a, b], breaker_failures=2, breaker_reset_s=0.3))
+    clock = Clock()
+    fleet = await make_fleet(config([a, b], breaker_failures=2, breaker_reset_s=30), None, clock)
     while a.chat_requests < 2:
         assert (await fleet.request(CHAT)).status == 200
     up = fleet.pool.get(a.url)
@@ -246,7 +249,9 @@ async def test_open_breaker_half_opens_and_recovers(servers, make_fleet) -> None
     for _ in range(4):
         await fleet.request(CHAT)
     assert a.chat_requests == 2  # open: not one request
-    await asyncio.sleep(0.35)
+    clock.advance(29)
+    assert up.breaker.state is BreakerState.OPEN
+    clock.advance(2)
     assert up.breaker.state is BreakerState.HALF_OPEN
     for _ in range(4):
         assert (await fleet.request(CHAT)).status == 200
@@ -312,7 +317,8 @@ async def test_a_cancelled_whole_answer_drops_its_connection_and_is_no_failure(
     assert len(ups) == 1 and dict(ups[0].outcomes) == {"cancelled": 1}
     assert ups[0].outstanding == 0 and ups[0].breaker.state is BreakerState.CLOSED
     assert ups[0].breaker.consecutive_failures == 0
-    await asyncio.sleep(1.2)  # past the answer the server would have sent
+    # the server finishes the answer it was writing (1 s) and sees the connection closed
+    assert await _eventually(lambda: a.chat_in_flight + b.chat_in_flight == 0)
     assert a.chat_requests + b.chat_requests == 1  # not retried
     assert (await fleet.request(CHAT)).status == 200
 

@@ -14,6 +14,7 @@ from babeldesk.fleet import Fleet
 from babeldesk.fleet.health import HealthChecker, jittered
 from babeldesk.fleet.http import HTTPClient
 from babeldesk.telemetry.metrics import Metrics
+from tests.clock import eventually
 
 
 @pytest.fixture
@@ -70,19 +71,17 @@ async def test_probe_loop_runs_jittered(server: FaultyServer) -> None:
                       health_jitter=0.5)
     fleet = Fleet(cfg)
     await fleet.start()
+    loops = list(fleet.health._tasks.values())
     try:
-        await asyncio.sleep(0.6)
-        assert 4 <= server.probes <= 30
+        assert await eventually(lambda: server.probes >= 4)
         assert server.max_probes_in_flight == 1
+        assert all(not t.done() for t in loops)  # the loops keep probing
         server.ready = False
-        await asyncio.sleep(0.4)  # 2 failed probes (the default threshold) take it out
-        assert not fleet.pool.upstreams[0].healthy
+        # 2 failed probes (the default threshold) take it out
+        assert await eventually(lambda: not fleet.pool.upstreams[0].healthy)
     finally:
         await fleet.aclose()
-    await asyncio.sleep(0.1)  # a probe sent just before the close may still arrive
-    probes = server.probes
-    await asyncio.sleep(0.3)
-    assert server.probes == probes  # stopped with the fleet
+    assert loops and all(t.done() for t in loops)  # stopped with the fleet: no more probes
 
 
 def test_jitter_stays_in_bounds_and_varies() -> None:
@@ -113,3 +112,4 @@ async def test_a_passing_probe_half_opens_an_open_breaker(server: FaultyServer) 
         assert up.breaker.state.value == "closed"
     finally:
         await fleet.aclose()
+

@@ -4,7 +4,6 @@ retrieval, the on-disk vector store, incremental re-indexing."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +126,8 @@ def test_reindexing_embeds_only_changed_chunks_and_reloads_fast(e5, docs, tmp_pa
     assert counting.passages == 6
     assert (first.index.stats.cached, first.index.stats.embedded) == (0, 6)
 
-    started = time.perf_counter()
     again, _ = open_help_center(docs, embedder=counting, store_dir=store)
-    assert time.perf_counter() - started < 2.0
-    assert counting.passages == 6 and again.index.stats.cached == 6
+    assert counting.passages == 6 and again.index.stats.cached == 6  # nothing embedded again
     np.testing.assert_array_equal(first.index.vectors, again.index.vectors)
 
     # one section edited, one article added, one removed

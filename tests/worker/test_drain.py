@@ -19,27 +19,30 @@ def test_sigterm_drains_in_flight_and_refuses_new(tmp_path) -> None:
     w = start_worker(tmp_path, "--model", "smollm2-135m", "--max-batch-size", "4",
                      "--drain-grace-s", "60")
     results: list[tuple[str | None, str]] = []
-    started = threading.Event()
+    started = threading.Semaphore(0)  # released once per stream, at its first event
 
     def stream_one(i: int) -> None:
         body = {"stream": True, "temperature": 0, "max_tokens": 120,
                 "messages": [{"role": "user", "content": f"Write a long poem about parcel {i}."}]}
-        text, finish = "", None
+        text, finish, first = "", None, True
         with httpx.stream("POST", w.url + "/v1/chat/completions", json=body, timeout=120) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
+                    if first:
+                        started.release()
+                        first = False
                     chunk = json.loads(line[6:])
                     for ch in chunk["choices"]:
                         text += ch["delta"].get("content") or ""
                         finish = ch["finish_reason"] or finish
-                    started.set()
         results.append((finish, text))
 
     threads = [threading.Thread(target=stream_one, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    assert started.wait(60)
-    time.sleep(0.3)
+    # all six accepted (four generating, two queued: the worker sends the first event of
+    # each at once) before the SIGTERM
+    assert all(started.acquire(timeout=60) for _ in threads)
     w.proc.send_signal(signal.SIGTERM)
     refused = None
     for _ in range(50):
