@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from babeldesk.store.redact import RedactingFilter, Redactor
 from babeldesk.knowledge.embed import EmbedderKind, make_embedder
 from babeldesk.knowledge.retrieve import RetrievalConfig, Retriever, open_help_center
 from babeldesk.support.handoff import WebhookNotifier
-from babeldesk.knowledge.kb import docs_dir, load_kb
+from babeldesk.knowledge.kb import KnowledgeBase, docs_dir, load_kb
 from babeldesk.support.language import LanguageDetector
 from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline
@@ -56,9 +56,38 @@ def log_progress(what: str) -> Callable[[str, int, int], None]:
     return report
 
 
-def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) -> SupportPipeline:
-    """KB, matcher, stores and webhook from config; ``model`` is the engine or the fleet."""
+@dataclass(frozen=True)
+class Knowledge:
+    """The shop's knowledge as served: the KB, its trained matcher, the help center."""
+
+    kb: KnowledgeBase
+    matcher: IntentMatcher
+    documents: Retriever | None
+
+
+def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None,
+                   knowledge: Knowledge | None = None) -> SupportPipeline:
+    """Stores and webhook from config over the shop's knowledge (loaded here unless given);
+    ``model`` is the engine or the fleet."""
     sup, store = config.support, config.store
+    knowledge = knowledge or load_knowledge(config)
+    kb, matcher, documents = knowledge.kb, knowledge.matcher, knowledge.documents
+    notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s,
+                                secret=sup.webhook_secret)
+                if sup.handoff_webhook else None)
+    redactor = Redactor(store.redact_phone_regions) if store.redact else None
+    return SupportPipeline(
+        kb=kb, matcher=matcher, sessions=open_session_store(store),
+        cache=open_answer_cache(store), model=model, config=sup, metrics=metrics,
+        max_message_chars=config.gateway.max_message_chars, notifier=notifier,
+        redact=redactor.redact if redactor else None,
+        documents=documents, bus=open_event_bus(store))
+
+
+def load_knowledge(config: Config) -> Knowledge:
+    """The KB, the matcher trained on it and the help center indexed (embeddings from the
+    cache where unchanged): the heavy part of start-up, no model needed."""
+    sup = config.support
     kb = load_kb(Path(sup.kb) if sup.kb else None)
     matcher_config = MatcherConfig(threads=sup.matcher_threads,
                                    embedder=EmbedderKind(sup.matcher_embedder))
@@ -90,16 +119,7 @@ def build_pipeline(config: Config, metrics: Metrics, model: ChatModel | None) ->
                                         matcher.neutralizer if shared is not None else None)
         log.info("help center languages: %s", dict(sorted(
             collections.Counter(str(v) for v in langs.values()).items())))
-    notifier = (WebhookNotifier(sup.handoff_webhook, sup.webhook_attempts, sup.webhook_timeout_s,
-                                secret=sup.webhook_secret)
-                if sup.handoff_webhook else None)
-    redactor = Redactor(store.redact_phone_regions) if store.redact else None
-    return SupportPipeline(
-        kb=kb, matcher=matcher, sessions=open_session_store(store),
-        cache=open_answer_cache(store), model=model, config=sup, metrics=metrics,
-        max_message_chars=config.gateway.max_message_chars, notifier=notifier,
-        redact=redactor.redact if redactor else None,
-        documents=documents, bus=open_event_bus(store))
+    return Knowledge(kb, matcher, documents)
 
 
 def load_help_center(config: Config, embedder: Any = None) -> Retriever:
@@ -175,11 +195,18 @@ def run_serve(config: Config) -> int:
 
     def load() -> None:
         try:
-            engine = load_engine(config.engine, EngineMetrics(metrics))
+            # the model loads while the matcher and the help center come up (both cores
+            # busy; a later start reads the embeddings back and waits on whichever is slower)
+            with ThreadPoolExecutor(1, thread_name_prefix="engine-load") as pool:
+                pending = pool.submit(load_engine, config.engine, EngineMetrics(metrics))
+                try:
+                    knowledge = load_knowledge(config)
+                finally:
+                    holder["engine"] = pending.result()
+            engine = holder["engine"]
             engine.start()
-            holder["engine"] = engine
             state.pipeline = build_pipeline(config, metrics,
-                                            SessionTokenCap(engine, state.limiter))
+                                            SessionTokenCap(engine, state.limiter), knowledge)
             app.include_router(openai_router(
                 GuardedEngine(engine, state.require), max_body_bytes=config.gateway.max_body_bytes,
                 served_names={engine.model_name, config.engine.model}))
