@@ -1,10 +1,12 @@
-"""Incremental text for streaming: a byte-level token decoder that never splits a UTF-8
-character, and a stop-string matcher that holds back text that may begin a stop string."""
+"""Incremental text for streaming: token decoders that never split a UTF-8 character (one
+over raw token bytes for llama.cpp, one over a Hugging Face tokenizer's ``decode`` for
+transformers), and a stop-string matcher that holds back text that may begin a stop string."""
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
+from typing import Any
 
 from babeldesk.engine.backends.base import TokenDecoder
 
@@ -57,3 +59,37 @@ class StopMatcher:
     def flush(self) -> str:
         out, self._held = self._held, ""
         return out
+
+
+class HFTokenDecoder(TokenDecoder):
+    """vLLM/TGI-style incremental detokenizer over ``tokenizer.decode``.
+
+    ``prefix`` .. ``read`` is the window already emitted; text is emitted once decoding
+    the window plus new tokens grows it and does not end in U+FFFD (a partial UTF-8
+    character of a byte-level BPE), so a multi-byte character is never split.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0  # tokens before it are emitted and no longer decoded
+        self._read = 0  # tokens before it are emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True,
+                                clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return text[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        self._prefix = self._read = len(self._ids)
+        return text[len(before):]

@@ -33,97 +33,20 @@ from transformers.cache_utils import DynamicLayer
 
 from babeldesk.config import EngineConfig
 from babeldesk.engine.backends.base import Backend, PrefillChunk, StepInput, TokenDecoder
+from babeldesk.engine.backends.hf_kv import HEADROOM, KV, shadow_cache, with_capacity
 from babeldesk.engine.backends.hf_setup import load_model, module_bytes
+from babeldesk.engine.detokenize import HFTokenDecoder
 from babeldesk.engine.models import ModelSource
 from babeldesk.errors import GenerationFailed, ModelLoadError, OutOfMemory
 from babeldesk.types import ChatMessage
 
 log = logging.getLogger(__name__)
 
-# per layer: key and value buffers [rows, kv_heads, capacity, head_dim]; the columns in use
-# are counted beside them (the mask width, or the slot's length); later columns are junk
-KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
-HEADROOM = 64  # spare KV columns past the used ones: a copy every 64 steps, not every step
-
-
-class _GrowingLayer(DynamicLayer):
-    """A ``DynamicLayer`` over buffers with spare columns. ``DynamicLayer.update``
-    concatenates, copying the whole layer every step; this one writes the new columns in
-    place past the used ones (never into them), so a failed step leaves the committed
-    columns intact, and grows the buffer (one copy) only when it is full.
-    Buffers: [rows, kv_heads, capacity, head_dim]; ``keys``/``values`` view [:, :, :used]."""
-
-    def bind(self, kbuf: torch.Tensor, vbuf: torch.Tensor, used: int) -> None:
-        self.kbuf, self.vbuf, self.used = kbuf, vbuf, used
-        self.dtype, self.device = kbuf.dtype, kbuf.device
-        self.is_initialized = True
-        self.keys, self.values = kbuf[:, :, :used], vbuf[:, :, :used]
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        rows, heads, _, dim = key_states.shape
-        self.bind(key_states.new_empty((rows, heads, 0, dim)),
-                  value_states.new_empty((rows, heads, 0, dim)), 0)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
-               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        need = self.used + key_states.shape[2]
-        if need > self.kbuf.shape[2]:
-            self.kbuf = _with_capacity(self.kbuf, self.used, need + HEADROOM)
-            self.vbuf = _with_capacity(self.vbuf, self.used, need + HEADROOM)
-        self.kbuf[:, :, self.used:need] = key_states
-        self.vbuf[:, :, self.used:need] = value_states
-        self.bind(self.kbuf, self.vbuf, need)
-        return self.kbuf[:, :, :need], self.vbuf[:, :, :need]
-
-
-def _with_capacity(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
-    """A new buffer of ``capacity`` columns holding ``buf[:, :, :used]``."""
-    out = buf.new_empty((buf.shape[0], buf.shape[1], capacity, buf.shape[3]))
-    out[:, :, :used] = buf[:, :, :used]
-    return out
-
-
-class HFTokenDecoder(TokenDecoder):
-    """vLLM/TGI-style incremental detokenizer over ``tokenizer.decode``.
-
-    ``prefix`` .. ``read`` is the window already emitted; text is emitted once decoding
-    the window plus new tokens grows it and does not end in U+FFFD (a partial UTF-8
-    character of a byte-level BPE), so a multi-byte character is never split.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # tokens before it are emitted and no longer decoded
-        self._read = 0  # tokens before it are emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True,
-                                clean_up_tokenization_spaces=False)
-
-    def push(self, token: int) -> str:
-        self._ids.append(token)
-        before = self._decode(self._ids[self._prefix:self._read])
-        text = self._decode(self._ids[self._prefix:])
-        if len(text) > len(before) and not text.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self._ids)
-            return text[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self._ids[self._prefix:self._read])
-        text = self._decode(self._ids[self._prefix:])
-        self._prefix = self._read = len(self._ids)
-        return text[len(before):]
 
 
 @dataclass(slots=True)
@@ -283,21 +206,11 @@ class TransformersBackend(Backend):
             raise OutOfMemory(f"step needs ~{need / 2**20:.0f} MiB, over engine.memory_cap_mb="
                               f"{self.config.memory_cap_mb}")
 
-    def _shadow(self, kv: KV, used: int) -> tuple[DynamicCache, list[_GrowingLayer]]:
-        """A cache object over the committed buffers; the forward pass writes only past
-        ``used`` (or into new buffers), so the committed state survives a failure."""
-        cache = DynamicCache(config=self.model.config)
-        layers = [_GrowingLayer() for _ in cache.layers]
-        for layer, (k, v) in zip(layers, kv):
-            layer.bind(k, v, used)
-        cache.layers = list(layers)
-        return cache, layers
-
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
                  kv: KV, used: int) -> tuple[torch.Tensor, KV]:
         """ids, pos: [rows, n]; mask: [rows, used + n] or None (no padding).
         Returns the last position's logits [rows, vocab] and the buffers, now used + n."""
-        cache, layers = self._shadow(kv, used)
+        cache, layers = shadow_cache(self.model.config, kv, used)
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :], [(layer.kbuf, layer.vbuf) for layer in layers]
@@ -331,8 +244,8 @@ class TransformersBackend(Backend):
         new_kv = []
         for (k, v), (gk, gv) in zip(self._kv, grown):
             if k.shape[2] <= used:
-                k = _with_capacity(k, used, used + HEADROOM)
-                v = _with_capacity(v, used, used + HEADROOM)
+                k = with_capacity(k, used, used + HEADROOM)
+                v = with_capacity(v, used, used + HEADROOM)
             k[:, :, used].zero_()
             v[:, :, used].zero_()
             k[sel, :, used] = gk[:, :, used - lead]
@@ -393,8 +306,8 @@ class TransformersBackend(Backend):
         mask = self._mask[sel]
         used = mask.shape[1]
         lead = int(mask.any(dim=0).to(torch.int8).argmax())
-        self._kv = [(_with_capacity(k[sel, :, lead:used], used - lead, used - lead + HEADROOM),
-                     _with_capacity(v[sel, :, lead:used], used - lead, used - lead + HEADROOM))
+        self._kv = [(with_capacity(k[sel, :, lead:used], used - lead, used - lead + HEADROOM),
+                     with_capacity(v[sel, :, lead:used], used - lead, used - lead + HEADROOM))
                     for k, v in self._kv]
         self._mask = mask[:, lead:]
 
