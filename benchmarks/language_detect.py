@@ -141,6 +141,16 @@ def report(out: dict[str, dict[str, dict[str, int]]], hint_p: float,
             f"{s} {pct(c)} of {c['n']}" for s, c in sorted(out["style"].items())))
 
 
+def print_errors(detector: LanguageDetector, rows: list[Row]) -> None:
+    """Each message detected wrongly without a hint: true -> detected (confidence)."""
+    print()
+    for lang, text, style in rows:
+        found = detector.detect(text)
+        if found.language != lang:
+            print(f"- {lang} -> {found.language} ({found.confidence:.2f}, {style or '-'}): {text}")
+    print()
+
+
 def parse_weights(items: list[str], fasttext_only: bool) -> DetectorWeights:
     weights = DEFAULT_WEIGHTS
     if fasttext_only:
@@ -167,6 +177,8 @@ def main() -> None:
                         help="fastText alone (no word evidence, no priors): the old detector")
     parser.add_argument("--no-kb-vocabulary", action="store_true",
                         help="do not count the KB's words as evidence")
+    parser.add_argument("--errors", action="store_true",
+                        help="also list every message detected wrongly without a hint")
     args = parser.parse_args()
 
     if args.data:
@@ -189,6 +201,8 @@ def main() -> None:
           f"KB vocabulary {'off' if vocabulary is None else 'on'}")
     print()
     report(out, args.hint_p)
+    if args.errors:
+        print_errors(detector, rows)
     print(f"detect time per message: p50 {statistics.median(times):.0f} µs, "
           f"p99 {times[min(len(times) - 1, int(0.99 * len(times)))]:.0f} µs "
           f"({len(times)} calls, result cache off)")

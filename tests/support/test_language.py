@@ -11,6 +11,7 @@ from babeldesk.support.language import (
     SUPPORTED_LANGUAGES,
     UNDETERMINED,
     Detection,
+    NON_LATIN_LANGUAGES,
     LanguageDetector,
     Prior,
     accept_language,
@@ -114,6 +115,37 @@ def test_detects_romanized_text(detector: LanguageDetector, lang: str, text: str
     assert detector.detect(text).language == lang
     assert detector.detect(text, Prior(locale=lang)).language == lang
     assert detector.detect(text, Prior(session=lang)).language == lang
+
+
+# Without any hint: a Latin message counts for a language written in another script by
+# the words its romanized list has (fastText alone: eo, sl), and Swahili, whose only list
+# is the product lexicon, by the words that list has (an English loanword is no evidence
+# against it; before: id).
+UNHINTED = [
+    ("uk", "meni pryishla ne ta kartka"),
+    ("sw", "sipati sms ya code"),
+    ("sw", "nimesahau password yangu"),
+    ("ms", "Bilakah bungkusan saya akan dihantar?"),  # "bilakah": Malay's, not Indonesian's
+    ("en", "do you ship to canada"),
+    ("en", "can i change my address"),
+    ("en", "my card was charged twice"),
+]
+
+
+@pytest.mark.parametrize(("lang", "text"), UNHINTED)
+def test_detects_without_a_hint(detector: LanguageDetector, lang: str, text: str) -> None:
+    assert detector.detect(text).language == lang
+
+
+def test_lexicon_only_languages_are_those_wordfreq_lacks() -> None:
+    import wordfreq
+
+    from babeldesk.support.lexicon import LEXICON_ONLY, PROXY, lexicon_words
+
+    listed = set(wordfreq.available_languages(wordlist="small")) | {"tl", "no"} | set(PROXY)
+    latin_lexicons = {lang for lang, items in lexicon_words().items()
+                      if lang not in NON_LATIN_LANGUAGES}
+    assert latin_lexicons - listed == LEXICON_ONLY
 
 
 def test_a_non_latin_locale_does_not_claim_english_text(detector: LanguageDetector) -> None:

@@ -42,7 +42,13 @@ from babeldesk.errors import InvalidRequest
 # the codes babeldesk accepts live with the knowledge base, which validates its files
 # against them (support may import knowledge, not the other way); re-exported here
 from babeldesk.knowledge.languages import SUPPORTED_LANGUAGES
-from babeldesk.support.lexicon import WordEvidence, load_word_table, vocabulary_of, words
+from babeldesk.support.lexicon import (
+    LEXICON_ONLY,
+    WordEvidence,
+    load_word_table,
+    vocabulary_of,
+    words,
+)
 
 # Detector labels folded into a supported code.
 _ALIASES: dict[str, str] = {
@@ -196,6 +202,13 @@ class DetectorWeights:
     # (otherwise a rare label in fastText's tail, with no word evidence against it, beats
     # a listed language that a few typos count against).
     unlisted_minimum: float = 0.2
+    # Added to a language written in another script for a message in Latin letters that
+    # its romanized lexicon speaks for (lexicon.py's Arabizi, Finglish, ...), when
+    # it is neither the locale nor the session's language (those count only its words).
+    romanized: float = -8.0
+    # Added to a language whose only list is the product lexicon (lexicon.LEXICON_ONLY),
+    # scored on the words that list has: the words it lacks are no evidence against it.
+    lexicon_only: float = -1.5
 
 
 DEFAULT_WEIGHTS = DetectorWeights()
@@ -262,6 +275,13 @@ class LanguageDetector:
                     c in listed or probs[c] >= w.unlisted_minimum):
                 scores[c] = w.fasttext * lp + (word_base if c in listed else 0.0)
         latin = _mostly_latin(text)
+        for c in LEXICON_ONLY & own.keys():  # Swahili: only the words its list has count
+            scores[c] = w.fasttext * log_p.get(c, log_missing) + w.words * own[c] + w.lexicon_only
+        if latin:  # Arabizi, Finglish, Greeklish, translit, Hinglish without a prior
+            for c, e in own.items():
+                if c in NON_LATIN_LANGUAGES and c not in (prior.locale, prior.session):
+                    v = w.fasttext * log_p.get(c, log_missing) + w.words * e + w.romanized
+                    scores[c] = max(v, scores.get(c, -math.inf))
         for pc, bonus in ((prior.locale, w.locale), (prior.session, w.session)):
             if pc is not None and pc in SUPPORTED_LANGUAGES:
                 c = pc
