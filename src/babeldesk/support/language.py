@@ -19,7 +19,9 @@ each candidate language as a sum of evidence (in nats):
 and answers the best supported language, its confidence the softmax of the scores. A
 short message with weak evidence leans on the priors; a clear message overrides them. A
 prior language written in another script (ar, fa, el, ru, hi, ...) meets a message in
-Latin letters as romanized text: only the words its list has count for or against it.
+Latin letters as romanized text: only the words its list has count for or against it;
+without a prior it is scored the same way, ``romanized`` nats lower. Swahili, whose only
+list is the product lexicon (``lexicon.LEXICON_ONLY``), is always scored on its words.
 Weights were chosen on ``benchmarks/data/language_tune.jsonl`` only
 (``benchmarks/language_detect.py``; docs/benchmarks.md has the numbers).
 
