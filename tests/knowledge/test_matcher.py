@@ -316,3 +316,10 @@ def test_fast_ngram_rows_equal_scikit_learn() -> None:
         got = np.zeros_like(expected)
         got[cols] = weights
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_config_names_every_embedder_kind() -> None:
+    # config is core and cannot import knowledge, so it spells the kinds out: keep them equal
+    from babeldesk.config import MATCHER_EMBEDDERS
+
+    assert set(MATCHER_EMBEDDERS) == {kind.value for kind in EmbedderKind}
