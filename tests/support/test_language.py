@@ -374,6 +374,22 @@ def test_lock_sequences(detector: LanguageDetector, name: str) -> None:
         assert state.pending is None or state.pending != state.locked
 
 
+def test_a_close_language_keeps_the_lock(detector: LanguageDetector) -> None:
+    # A formal Malay sentence that is word for word Indonesian too: long and sure enough
+    # to switch a session at once, yet a Malay session stays Malay (and a Czech one Czech).
+    text = "Saya ingin membatalkan langganan bulanan saya secepat mungkin."
+    found = detector.detect(text, Prior(session="ms"))
+    assert found.language == "id" and found.confidence >= 0.9 and text_weight(text) >= 40
+    lock = LanguageLock()
+    decision = lock.step(LockState(locked="ms"), found, text_weight(text))
+    assert decision == (("ms", LockState(locked="ms"), LockReason.LOCKED))
+    sk = Detection("sk", 0.99)
+    assert lock.step(LockState(locked="cs", pending="de"), sk, 60) == (
+        "cs", LockState(locked="cs"), LockReason.LOCKED)
+    # a language that is not close still switches
+    assert lock.step(LockState(locked="ms"), Detection("en", 0.99), 60).language == "en"
+
+
 def test_lock_is_pure() -> None:
     lock = LanguageLock()
     state = LockState(locked="en")

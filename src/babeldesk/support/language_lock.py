@@ -14,6 +14,8 @@ The lock is a small pure state machine (``LanguageLock.step``), no I/O, no clock
   ``pending`` and a second sure message in that same language switches. A sure message in
   the locked language clears ``pending``. So one short foreign phrase never flips the
   conversation, and a customer who really changes language is followed within two turns.
+  A message in a language close to the locked one (Indonesian in a Malay session, Slovak
+  in a Czech one: ``CLOSE_LANGUAGES``) counts as the locked language.
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ from babeldesk.support.language import (
     Detection,
     normalize_language_code,
 )
+
+
+# Written languages close enough that a customer reads either, and that the detector
+# cannot always tell apart (a formal Malay sentence is often word for word Indonesian):
+# a message detected in one of them keeps a session locked to another.
+CLOSE_LANGUAGES: tuple[frozenset[str], ...] = (
+    frozenset({"id", "ms"}), frozenset({"cs", "sk"}), frozenset({"hr", "sr", "bs"}),
+    frozenset({"da", "no"}),
+)
+
+
+def _close(a: str, b: str) -> bool:
+    return any(a in group and b in group for group in CLOSE_LANGUAGES)
 
 
 class LockReason(str, enum.Enum):
@@ -110,8 +125,8 @@ class LanguageLock:
 
         if not sure:
             return LockDecision(state.locked, state, LockReason.LOCKED)
-        if lang == state.locked:
-            return LockDecision(lang, replace(state, pending=None), LockReason.LOCKED)
+        if lang == state.locked or _close(lang, state.locked):
+            return LockDecision(state.locked, replace(state, pending=None), LockReason.LOCKED)
         strong = weight >= p.switch_weight and detection.confidence >= p.switch_confidence
         if strong or state.pending == lang:
             return LockDecision(lang, LockState(locked=lang), LockReason.SWITCHED)
