@@ -3,7 +3,9 @@
 ``Fleet`` owns the pool, the health checker, the breakers, the router and the retry
 budget; the gateway holds one, serves ``Fleet.request`` for OpenAI passthrough and
 ``admin_snapshot`` for ``GET /v1/admin/upstreams``, and gives ``support`` a
-``FleetChatModel`` (the ``ChatModel`` protocol over the fleet).
+``FleetChatModel`` (``chat.py``: the ``ChatModel`` protocol over the fleet). One try on
+one upstream is an ``Attempt`` (``attempt.py``); this module decides which upstream and
+whether to try again.
 
 Failure rules. A timeout, a connection error, a 5xx or a stream that breaks count against
 the upstream's breaker; a 4xx does not (it is the client's fault) and is returned as is.
@@ -28,11 +30,11 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from babeldesk.config import FleetConfig
-from babeldesk.errors import BabeldeskError, InvalidRequest, QueueFull, Unavailable
+from babeldesk.errors import BabeldeskError, Unavailable
+from babeldesk.fleet.attempt import Attempt, AttemptFailed, UpstreamReply
 from babeldesk.fleet.breaker import BreakerState, CircuitBreaker, Permit
 from babeldesk.fleet.discovery import (
     FileWatch,
@@ -43,13 +45,11 @@ from babeldesk.fleet.discovery import (
     read_upstreams_file,
 )
 from babeldesk.fleet.health import HealthChecker
-from babeldesk.fleet.http import ConnectError, HTTPClient, HTTPError, Response, Timeout
+from babeldesk.fleet.http import HTTPClient
 from babeldesk.fleet.pool import Pool, Target, Upstream
 from babeldesk.fleet.retry import RetryBudget
 from babeldesk.fleet.routing import make_router
-from babeldesk.sse import Chunk, EventSplitter, error_event, event_data, parse_chunk
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.types import ChatRequest, TextDelta, Usage
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +59,6 @@ CHAT_PATH = "/v1/chat/completions"
 # (the gateway, per support message) sets a fresh list; ``Fleet.request`` appends to it.
 upstreams_used: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "babeldesk_upstreams_used", default=None)
-
-
-@dataclass
-class UpstreamReply:
-    """An upstream's answer. Exactly one of ``body`` (whole answer) or ``stream`` (SSE
-    events, each whole, ending in ``[DONE]`` or in an error event) is set."""
-
-    status: int
-    content_type: str
-    upstream: str  # the upstream's name (base url)
-    body: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
-    headers: Mapping[str, str] | None = None  # e.g. retry-after
-    _close: Callable[[], Awaitable[None]] | None = None  # settles a stream not read to the end
-
-    async def aclose(self) -> None:
-        """Stop reading: frees the upstream (always call it, or read the stream to its end)."""
-        if self.stream is not None:
-            await self.stream.aclose()  # type: ignore[attr-defined]
-        if self._close is not None:
-            await self._close()
-
-
-class _Failed(Exception):
-    """One attempt failed before the first byte; ``outcome`` is the metric label."""
-
-    def __init__(self, outcome: str, message: str, reply: UpstreamReply | None = None) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.message = message
-        self.reply = reply  # a 5xx / 429 answer, returned if no retry does better
 
 
 def _state_of(up: Upstream) -> Callable[[], float]:
@@ -257,14 +226,16 @@ class Fleet:
                 permit.release()
                 why += "; retry budget exhausted"
                 break
+            call = Attempt(self._client, up, permit, record=self._record,
+                           clock=self._clock, session_header=cfg.session_header)
             try:
-                reply = await self._attempt(up, permit, method, path, payload, streaming,
-                                            session_id, min(cfg.first_byte_timeout_s, remaining))
+                reply = await call.run(method, path, payload, streaming, session_id,
+                                       min(cfg.first_byte_timeout_s, remaining))
                 used = upstreams_used.get()
                 if used is not None:
                     used.append(up.name)
                 return reply
-            except _Failed as exc:
+            except AttemptFailed as exc:
                 failed.add(up.name)
                 last = exc.outcome
                 why = f"attempt {attempt + 1}: {exc.outcome}"  # no address: clients see it
@@ -317,227 +288,3 @@ class Fleet:
                     up.name)
             count.inc()
             duration.observe(self._clock() - started)
-
-    async def _attempt(
-        self, up: Upstream, permit: Permit, method: str, path: str, payload: bytes | None,
-        streaming: bool, session_id: str | None, timeout_s: float,
-    ) -> UpstreamReply:
-        headers = {"content-type": "application/json"} if payload is not None else {}
-        if up.target.host_header:
-            headers["host"] = up.target.host_header
-        if session_id:
-            headers[self.cfg.session_header] = session_id
-        started = self._clock()
-        up.outstanding += 1
-        resp: Response | None = None
-        committed = False
-        try:
-            async with asyncio.timeout(timeout_s):
-                resp = await self._client.request(method, up.name, path, body=payload,
-                                                  headers=headers)
-                status = resp.status
-                ctype = resp.headers.get("content-type", "")
-                if status >= 500 or status == 429:
-                    body = await resp.read()
-                    reply = UpstreamReply(status, ctype, up.name, body=body,
-                                          headers={k: v for k, v in resp.headers.items()
-                                                   if k.lower() == "retry-after"})
-                    raise _Failed("server_error" if status >= 500 else "rate_limited",
-                                  f"answered {status}", reply)
-                if not (streaming and status == 200 and "text/event-stream" in ctype):
-                    body = await resp.read()
-                    if status == 200 and not body:
-                        raise _Failed("protocol_error", "empty answer")
-                    permit.success()
-                    self._record(up, "ok" if status < 400 else "client_error", started)
-                    up.outstanding -= 1
-                    committed = True
-                    return UpstreamReply(status, ctype, up.name, body=body)
-                # streaming: commit only once the first whole event is here and is no error
-                chunks = resp.aiter_bytes()
-                splitter = EventSplitter()
-                first: list[bytes] = []
-                while not first:
-                    try:
-                        first = splitter.feed(await anext(chunks))
-                    except StopAsyncIteration:
-                        raise _Failed("protocol_error", "stream ended before any event")
-                for ev in first:
-                    data = event_data(ev)
-                    if data is not None and parse_chunk(data).error:
-                        raise _Failed("server_error", f"stream began with an error: {data[:200]}")
-            committed = True
-            done = False
-
-            def finish(outcome: str, error: str) -> None:  # once, whoever ends the stream
-                nonlocal done
-                if done:
-                    return
-                done = True
-                up.outstanding -= 1
-                if outcome == "ok":
-                    permit.success()
-                elif outcome == "cancelled":
-                    permit.release()
-                else:
-                    permit.failure()
-                    up.last_error = error
-                    log.warning("fleet: stream from %s broke: %s", up.name, error)
-                self._record(up, outcome, started)
-
-            async def close(resp: Response = resp) -> None:
-                await resp.aclose()  # idempotent; a relay never started did not run its finally
-                finish("cancelled", "")
-
-            relay = self._relay(resp, chunks, splitter, first, finish)
-            return UpstreamReply(status, ctype, up.name, stream=relay, _close=close)
-        except _Failed as exc:
-            self._fail(up, permit, exc.outcome, exc.message, started)
-            raise
-        except TimeoutError:
-            msg = f"no first byte within {timeout_s:.3g}s"
-            self._fail(up, permit, "timeout", msg, started)
-            raise _Failed("timeout", msg) from None
-        except HTTPError as exc:
-            outcome = "timeout" if isinstance(exc, Timeout) else (
-                "connect_error" if isinstance(exc, ConnectError) else "protocol_error")
-            msg = f"{type(exc).__name__}: {exc}"
-            self._fail(up, permit, outcome, msg, started)
-            raise _Failed(outcome, msg) from None
-        except BaseException:  # cancelled: the caller went away
-            permit.release()
-            self._record(up, "cancelled", started)
-            raise
-        finally:
-            if not committed:
-                up.outstanding -= 1
-                if resp is not None:
-                    await resp.aclose()
-
-    def _fail(self, up: Upstream, permit: Permit, outcome: str, message: str,
-              started: float) -> None:
-        if outcome == "rate_limited":
-            permit.success()  # a 429 is the upstream working as designed
-        else:
-            permit.failure()
-        up.last_error = message
-        self._record(up, outcome, started)
-
-    async def _relay(
-        self, resp: Response, chunks: AsyncIterator[bytes], splitter: EventSplitter,
-        first: list[bytes], finish: Callable[[str, str], None],
-    ) -> AsyncIterator[bytes]:
-        """Yield whole SSE events; end a broken stream with one error event."""
-        outcome, error = "cancelled", ""  # what a GeneratorExit / cancellation leaves
-        try:
-            pending = list(first)
-            while True:
-                for ev in pending:
-                    data = event_data(ev)
-                    chunk = parse_chunk(data) if data is not None else None
-                    if chunk is not None and chunk.done:
-                        outcome = "ok"  # settled before the caller sees [DONE] and leaves
-                        yield ev
-                        return
-                    if chunk is not None and chunk.error:  # the upstream's own error event
-                        outcome, error = "broken_stream", chunk.error
-                        yield ev
-                        return
-                    yield ev
-                try:
-                    pending = splitter.feed(await anext(chunks))
-                except StopAsyncIteration:
-                    outcome, error = "broken_stream", "the upstream closed the stream early"
-                    break
-                except HTTPError as exc:
-                    outcome = "broken_stream"
-                    error = f"the upstream stream broke ({type(exc).__name__}: {exc})"
-                    break
-        finally:
-            await resp.aclose()
-            finish(outcome, error)
-        yield error_event(f"{error}; the answer is incomplete")
-
-
-class FleetChatModel:
-    """The ``ChatModel`` protocol over a fleet of OpenAI-compatible workers."""
-
-    def __init__(self, fleet: Fleet, model: str) -> None:
-        self.fleet = fleet
-        self._model = model  # the upstreams' served model name (vLLM checks it)
-
-    @property
-    def model_name(self) -> str:
-        return self._model
-
-    def body(self, request: ChatRequest) -> dict[str, Any]:
-        p = request.params
-        body: dict[str, Any] = {
-            "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-        }
-        if p.max_tokens is not None:
-            body["max_tokens"] = p.max_tokens
-        if p.seed is not None:
-            body["seed"] = p.seed
-        if p.stop:
-            body["stop"] = list(p.stop)
-        return body
-
-    async def stream_chat(
-        self, request: ChatRequest, *, session_id: str | None = None,
-    ) -> AsyncIterator[TextDelta]:
-        """Text deltas, then one final delta with finish_reason and usage. A stream broken
-        midway ends with ``finish_reason="error"`` and ``error`` set. Raises before the
-        first delta: ``Unavailable`` (no upstream), ``QueueFull``, ``InvalidRequest``."""
-        session_id = session_id or request.session_id
-        reply = await self.fleet.request(self.body(request), session_id=session_id)
-        if reply.stream is None:
-            raise _http_error(reply)
-        completion = 0
-        finish = None
-        usage: Usage | None = None
-        splitter_done = False
-        try:
-            async for ev in reply.stream:
-                data = event_data(ev)
-                if data is None:
-                    continue
-                chunk: Chunk = parse_chunk(data)
-                if chunk.done:
-                    splitter_done = True
-                    break
-                if chunk.error:
-                    yield TextDelta("", "error", usage or Usage(0, completion), chunk.error)
-                    return
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if chunk.finish_reason is not None:
-                    finish = chunk.finish_reason
-                if chunk.text:
-                    completion += 1
-                    yield TextDelta(chunk.text)
-        finally:
-            await reply.aclose()
-        if not splitter_done:  # the relay always ends with [DONE] or an error event
-            yield TextDelta("", "error", usage or Usage(0, completion), "stream ended early")
-            return
-        yield TextDelta("", finish or "stop", usage or Usage(0, completion))
-
-
-def _http_error(reply: UpstreamReply) -> BabeldeskError:
-    message = f"the model server answered {reply.status}"  # no internal address
-    try:
-        err = json.loads(reply.body or b"{}").get("error") or {}
-        message = str(err.get("message") or message)
-    except (ValueError, AttributeError):
-        pass
-    if reply.status == 429:
-        return QueueFull(message)
-    if 400 <= reply.status < 500:
-        return InvalidRequest(message)
-    return Unavailable(message)
