@@ -7,7 +7,10 @@ from typing import Optional
 
 import typer
 
-from babeldesk.cli.common import ConfigOpt, app, csv_numbers, fail, given
+from babeldesk.cli.common import (
+    BackendOpt, ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantizationOpt, ThreadsOpt, app,
+    csv_numbers, fail, given,
+)
 
 
 @app.command()
@@ -174,12 +177,12 @@ def bench(
 @app.command()
 def tune(
     config: Optional[Path] = ConfigOpt,
-    model: Optional[str] = typer.Option(None, help="Default qwen2.5-0.5b (bundled)."),
-    backend: Optional[str] = typer.Option(None, help="llamacpp | transformers"),
-    dtype: Optional[str] = typer.Option(None),
-    quantization: Optional[str] = typer.Option(None),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    threads: Optional[int] = typer.Option(None, help="Engine compute threads."),
+    model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    dtype: Optional[str] = DtypeOpt,
+    quantization: Optional[str] = QuantizationOpt,
+    device: Optional[str] = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     batch_sizes: Optional[str] = typer.Option(None, help="Explicit list, e.g. 1,2,4; default: "
                                               "double from 1 until OOM / the cap / --max-batch."),
     max_batch: int = typer.Option(256),

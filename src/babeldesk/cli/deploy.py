@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from babeldesk.cli.common import ConfigOpt, app, fail
+from babeldesk.cli.common import ConfigOpt, PolicyOpt, UpstreamOpt, app, fail
 
 deploy_app = typer.Typer(help="Render deployment configs.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
@@ -51,19 +51,15 @@ def _deploy_render(kind: str, config: Optional[Path], upstream: Optional[list[st
         typer.echo(f"wrote {output}", err=True)
 
 
-_UpstreamOpt = typer.Option(None, "--upstream", "-u", help="Worker base URL (repeatable); "
-                            "default: fleet.upstreams of the config.")
 _BackupOpt = typer.Option(None, "--backup", help="Backup worker URL (repeatable).")
-_PolicyOpt = typer.Option(None, help="session_affinity | least_outstanding | "
-                          "weighted_round_robin")
 _ListenOpt = typer.Option("0.0.0.0:8080", help="HOST:PORT the balancer listens on.")
 _OutputOpt = typer.Option(None, "--output", "-o", help="Write here instead of stdout.")
 
 
 @deploy_app.command("nginx")
 def deploy_nginx(
-    config: Optional[Path] = ConfigOpt, upstream: Optional[list[str]] = _UpstreamOpt,
-    backup: Optional[list[str]] = _BackupOpt, policy: Optional[str] = _PolicyOpt,
+    config: Optional[Path] = ConfigOpt, upstream: Optional[list[str]] = UpstreamOpt,
+    backup: Optional[list[str]] = _BackupOpt, policy: Optional[str] = PolicyOpt,
     listen: str = _ListenOpt, output: Optional[Path] = _OutputOpt,
 ) -> None:
     """nginx.conf for the fleet: weights, backups, max_fails/fail_timeout, consistent hash
@@ -73,8 +69,8 @@ def deploy_nginx(
 
 @deploy_app.command("envoy")
 def deploy_envoy(
-    config: Optional[Path] = ConfigOpt, upstream: Optional[list[str]] = _UpstreamOpt,
-    backup: Optional[list[str]] = _BackupOpt, policy: Optional[str] = _PolicyOpt,
+    config: Optional[Path] = ConfigOpt, upstream: Optional[list[str]] = UpstreamOpt,
+    backup: Optional[list[str]] = _BackupOpt, policy: Optional[str] = PolicyOpt,
     listen: str = _ListenOpt, output: Optional[Path] = _OutputOpt,
 ) -> None:
     """Envoy bootstrap for the fleet: active health checks, outlier detection, ring hash on

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from babeldesk.cli.common import ConfigOpt, app, fail, load_cli_config
+from babeldesk.cli.common import ConfigOpt, SessionsOpt, app, fail, load_cli_config
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -97,9 +97,7 @@ def write_png(rows: list[Any], path: Path, title: str) -> Path:
 @app.command("report")
 def report(
     config: Optional[Path] = ConfigOpt,
-    sessions: Optional[str] = typer.Option(
-        None, help="Session store URL (sqlite:///path.db, redis://...); "
-                   "default store.sessions_url."),
+    sessions: Optional[str] = SessionsOpt,
     since: str = typer.Option("24h",
                               help="From: Unix time, ISO date-time (UTC) or a duration ago."),
     until: Optional[str] = typer.Option(None, help="Until (exclusive); default: now."),

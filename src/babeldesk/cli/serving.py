@@ -7,34 +7,37 @@ from typing import Optional
 
 import typer
 
-from babeldesk.cli.common import ConfigOpt, app, load_cli_config
+from babeldesk.cli.common import (
+    BackendOpt, CacheOpt, ConfigOpt, DeviceOpt, DtypeOpt, HostOpt, KbOpt, MaxBatchSizeOpt,
+    MaxModelLenOpt, ModelOpt, OperatorKeyOpt, PolicyOpt, PortOpt, QuantizationOpt,
+    RequantizeOpt, SessionsOpt, ThreadsOpt, UpstreamOpt, VerifierOpt, WebhookOpt, app,
+    load_cli_config,
+)
 
 
 @app.command()
 def worker(
     config: Optional[Path] = ConfigOpt,
-    model: Optional[str] = typer.Option(None, help="Alias, GGUF file, HF folder or hub id."),
-    backend: Optional[str] = typer.Option(None, help="llamacpp | transformers"),
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
-    quantization: Optional[str] = typer.Option(None, help="none | int8"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    max_batch_size: Optional[int] = typer.Option(None),
-    max_model_len: Optional[int] = typer.Option(None),
+    model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    dtype: Optional[str] = DtypeOpt,
+    quantization: Optional[str] = QuantizationOpt,
+    device: Optional[str] = DeviceOpt,
+    max_batch_size: Optional[int] = MaxBatchSizeOpt,
+    max_model_len: Optional[int] = MaxModelLenOpt,
     max_new_tokens: Optional[int] = typer.Option(None),
     max_queue: Optional[int] = typer.Option(None),
     prefill_budget: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, help="Compute threads (set explicitly on shared cores)."),
+    threads: Optional[int] = ThreadsOpt,
     memory_cap_mb: Optional[int] = typer.Option(None),
     served_model_name: Optional[str] = typer.Option(None),
     prefix_cache: Optional[bool] = typer.Option(
         None, "--prefix-cache/--no-prefix-cache",
         help="llamacpp: keep each slot's KV after its request; a request reuses the longest "
              "common prefix (default on)."),
-    requantize: Optional[str] = typer.Option(
-        None, help="llamacpp: none | q4_0 | iq4_nl | q8_0 — re-encode the GGUF once (cached) into "
-        "weights whose CPU kernels batch: more tokens/s under concurrency, answers change a little."),
-    host: Optional[str] = typer.Option(None),
-    port: Optional[int] = typer.Option(None),
+    requantize: Optional[str] = RequantizeOpt,
+    host: Optional[str] = HostOpt,
+    port: Optional[int] = PortOpt,
     drain_grace_s: Optional[float] = typer.Option(None),
     api_key: Optional[str] = typer.Option(
         None, help="Require 'Authorization: Bearer KEY' on /v1/* (the gateway's "
@@ -58,27 +61,22 @@ def worker(
 @app.command()
 def serve(
     config: Optional[Path] = ConfigOpt,
-    host: Optional[str] = typer.Option(None, help="Default 127.0.0.1."),
-    port: Optional[int] = typer.Option(None, help="Default 8080."),
-    model: Optional[str] = typer.Option(None, help="Default qwen2.5-0.5b (bundled)."),
-    backend: Optional[str] = typer.Option(None, help="llamacpp | transformers"),
-    dtype: Optional[str] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, help="Engine compute threads."),
-    max_batch_size: Optional[int] = typer.Option(None),
-    max_model_len: Optional[int] = typer.Option(None),
-    requantize: Optional[str] = typer.Option(
-        None, help="llamacpp: none | q4_0 | iq4_nl | q8_0 (see `babeldesk worker --help`)."),
-    kb: Optional[str] = typer.Option(None, help="Knowledge-base folder; default: the demo shop."),
-    sessions: Optional[str] = typer.Option(None, help="sqlite:///path.db | redis://host:6379/0 | memory://"),
-    cache: Optional[str] = typer.Option(None, help="memory:// | redis://host:6379/0"),
-    webhook: Optional[str] = typer.Option(None, help="URL that receives handoff events."),
-    verifier: Optional[bool] = typer.Option(
-        None, "--verifier/--no-verifier",
-        help="Let the model confirm, switch or veto unsure intent matches (off by default)."),
+    host: Optional[str] = HostOpt,
+    port: Optional[int] = PortOpt,
+    model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    dtype: Optional[str] = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
+    max_batch_size: Optional[int] = MaxBatchSizeOpt,
+    max_model_len: Optional[int] = MaxModelLenOpt,
+    requantize: Optional[str] = RequantizeOpt,
+    kb: Optional[str] = KbOpt,
+    sessions: Optional[str] = SessionsOpt,
+    cache: Optional[str] = CacheOpt,
+    webhook: Optional[str] = WebhookOpt,
+    verifier: Optional[bool] = VerifierOpt,
     max_message_chars: Optional[int] = typer.Option(None),
-    api_key: Optional[str] = typer.Option(
-        None, help="An operator key with every scope (OpenAI API, admin, metrics); better "
-        "from BABELDESK_GATEWAY_API_KEY or gateway.keys_file than a flag."),
+    api_key: Optional[str] = OperatorKeyOpt,
 ) -> None:
     """The support assistant in one process: chat page, support API, OpenAI API, engine."""
     cfg = load_cli_config(
@@ -97,20 +95,18 @@ def serve(
 @app.command()
 def gateway(
     config: Optional[Path] = ConfigOpt,
-    upstream: Optional[list[str]] = typer.Option(None, "--upstream", "-u",
-                                                 help="Worker base URL (repeatable)."),
+    upstream: Optional[list[str]] = UpstreamOpt,
     upstream_model: str = typer.Option("qwen2.5-0.5b", help="The workers' served model name."),
-    policy: Optional[str] = typer.Option(None, help="session_affinity | least_outstanding | "
-                                         "weighted_round_robin"),
-    host: Optional[str] = typer.Option(None),
-    port: Optional[int] = typer.Option(None),
-    kb: Optional[str] = typer.Option(None),
-    sessions: Optional[str] = typer.Option(None),
-    cache: Optional[str] = typer.Option(None),
-    webhook: Optional[str] = typer.Option(None),
-    verifier: Optional[bool] = typer.Option(None, "--verifier/--no-verifier"),
+    policy: Optional[str] = PolicyOpt,
+    host: Optional[str] = HostOpt,
+    port: Optional[int] = PortOpt,
+    kb: Optional[str] = KbOpt,
+    sessions: Optional[str] = SessionsOpt,
+    cache: Optional[str] = CacheOpt,
+    webhook: Optional[str] = WebhookOpt,
+    verifier: Optional[bool] = VerifierOpt,
     health_interval_s: Optional[float] = typer.Option(None),
-    api_key: Optional[str] = typer.Option(None, help="An operator key with every scope."),
+    api_key: Optional[str] = OperatorKeyOpt,
 ) -> None:
     """The support assistant in front of OpenAI-compatible workers."""
     cfg = load_cli_config(
