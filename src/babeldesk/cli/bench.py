@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -11,6 +12,20 @@ from babeldesk.cli.common import (
     BackendOpt, ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantizationOpt, ThreadsOpt, app,
     csv_numbers, fail, given,
 )
+
+
+def _write_files(console: Any, json_path: Path, draw: Optional[Callable[[], Path]]) -> None:
+    """Say what each command wrote: its JSON, and its PNG when ``draw`` is given and
+    matplotlib (extra `plot`) is installed."""
+    written = [json_path]
+    if draw is not None:
+        try:
+            written.append(draw())
+        except ImportError:
+            console.print(f"no {json_path.with_suffix('.png').name}: matplotlib not installed "
+                          "(extra `plot`)")
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()
@@ -65,14 +80,8 @@ def cost(
     for line in report.assumptions:
         console.print(f"  - {line}", highlight=False, soft_wrap=True)
     console.print(cost_report.render_table(report, currency))
-    written = [cost_report.write_json(report, out / "cost.json")]
-    if plot:
-        try:
-            written.append(cost_report.plot(report, out / "cost.png", currency))
-        except ImportError:
-            console.print("no cost.png: matplotlib not installed (extra `plot`)")
-    for path in written:
-        console.print(f"wrote {path}", highlight=False)
+    _write_files(console, cost_report.write_json(report, out / "cost.json"),
+                 (lambda: cost_report.plot(report, out / "cost.png", currency)) if plot else None)
 
 
 @app.command()
@@ -162,14 +171,8 @@ def bench(
         fail(exc.message)
         return
     console.print(bench_report.bench_table(doc))
-    written = [bench_report.write_json(doc, out / "bench.json")]
-    if plot:
-        try:
-            written.append(bench_report.bench_plot(run, doc, out / "bench.png"))
-        except ImportError:
-            console.print("no bench.png: matplotlib not installed (extra `plot`)")
-    for path in written:
-        console.print(f"wrote {path}", highlight=False)
+    _write_files(console, bench_report.write_json(doc, out / "bench.json"),
+                 (lambda: bench_report.bench_plot(run, doc, out / "bench.png")) if plot else None)
     if doc["summary"]["ok"] == 0:
         fail("no request was answered")
 
@@ -275,11 +278,5 @@ def tune(
     doc = {**rep.to_dict(), "memory_cap_mb": cap, "threads": base.threads,
            "max_model_lens": list(lens), "requests_per_slot": requests_per_slot,
            "environment": bench_report.environment()}
-    written = [bench_report.write_json(doc, out / "tune.json")]
-    if plot:
-        try:
-            written.append(bench_report.tune_plot(rep, out / "tune.png"))
-        except ImportError:
-            console.print("no tune.png: matplotlib not installed (extra `plot`)")
-    for path in written:
-        console.print(f"wrote {path}", highlight=False)
+    _write_files(console, bench_report.write_json(doc, out / "tune.json"),
+                 (lambda: bench_report.tune_plot(rep, out / "tune.png")) if plot else None)
