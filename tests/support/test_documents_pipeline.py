@@ -137,7 +137,7 @@ def test_editing_an_article_changes_its_answers_and_only_those(kb_and_matcher, e
 
 def test_an_untranslated_tail_is_cut_from_a_document_answer(kb_and_matcher) -> None:
     p = pipeline(kb_and_matcher, None, open_help_center(Path("no-such-folder"))[0])
-    trim = p._trim_to_language
+    trim = p.answers.trim_to_language
     assert trim("Las tarjetas regalo caducan en 3 años, counted from the end of the year.",
                 "es") == "Las tarjetas regalo caducan en 3 años."
     assert trim("La carte est valable 3 ans, comptée depuis la fin de l'année.", "fr") == \

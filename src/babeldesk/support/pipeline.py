@@ -6,32 +6,25 @@
      or a grounded model answer -> transcript, metrics, webhook.
 
 ``stream()`` yields text deltas and ends with the full ``SupportReply``; ``handle()``
-collects it. The model is any ``ChatModel``: the in-process engine (``serve``) or the
+collects it. The request, reply and outcome types are ``messages.py``; what the model says
+(grounded prompts, retries, leak check) is ``answers.py``. The model is any ``ChatModel``: the in-process engine (``serve``) or the
 fleet client (``gateway``); this module never knows which.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import hashlib
-import json
 import logging
-import re
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 from babeldesk.config import SupportConfig
-from babeldesk.errors import (
-    BabeldeskError,
-    Conflict,
-    GenerationFailed,
-    InvalidRequest,
-    PayloadTooLarge,
-)
-from babeldesk.knowledge.retrieve import Retrieval, Retriever
+from babeldesk.errors import BabeldeskError, Conflict
+from babeldesk.knowledge.kb import KnowledgeBase
+from babeldesk.knowledge.matcher import IntentMatcher, Match, llm_verifier
+from babeldesk.knowledge.retrieve import Retriever
 from babeldesk.store import (
     KEEP,
     AnswerCache,
@@ -52,8 +45,8 @@ from babeldesk.store import (
 )
 from babeldesk.store.events import MemoryEventBus
 from babeldesk.support.agents import AgentDesk, Translator
+from babeldesk.support.answers import HUMAN_INTENT, ModelAnswers
 from babeldesk.support.handoff import HandoffReason, WebhookNotifier, event, repeats
-from babeldesk.knowledge.kb import KnowledgeBase
 from babeldesk.support.language import (
     Detection,
     LanguageDetector,
@@ -64,91 +57,30 @@ from babeldesk.support.language import (
     text_weight,
 )
 from babeldesk.support.language_lock import LanguageLock, LockState
-from babeldesk.knowledge.matcher import IntentMatcher, Match, llm_verifier
-from babeldesk.support.prompt import (
-    NO_ANSWER,
-    Fact,
-    Passage,
-    answer_prompt,
-    document_prompt,
-    document_rules,
-    leaks_system_prompt,
-    system_prompt,
-    translation_prompt,
+from babeldesk.support.messages import (  # re-exported: the pipeline's request and reply
+    Event,
+    Outcome,
+    Source,
+    SupportReply,
+    SupportRequest,
+    cached_outcome,
+    cached_value,
+    validate_message,
 )
+from babeldesk.support.prompt import translation_prompt
 from babeldesk.telemetry.metrics import Metrics
-from babeldesk.types import ChatMessage, ChatModel, ChatRequest, SamplingParams, generated_text
+from babeldesk.types import ChatModel
+
+__all__ = [
+    "Event", "Source", "SupportPipeline", "SupportReply", "SupportRequest", "decode_lock",
+    "encode_lock", "validate_message",
+]
 
 log = logging.getLogger(__name__)
 
-HUMAN_INTENT = "contact_human"
-_CLAUSE = re.compile(r"(?<=[.!?;:,])\s+")  # clause ends in scripts written with spaces
-HISTORY_TURNS = 20
-MODEL_ATTEMPTS = 2  # model answers tried when one fails before any text is shown
-FALLBACK_HANDOFF = "A colleague from our team will take over this conversation shortly."  # transcript turns read per message (the prompt budget trims further)
-
-
-class Source(str, enum.Enum):
-    KNOWLEDGE_BASE = "knowledge_base"
-    CACHE = "cache"
-    MODEL = "model"
-    DOCUMENT = "document"  # the model, from help-center passages (reply.sources)
-    HANDOFF = "handoff"
-    AGENT = "agent"  # the conversation is an agent's: stored and delivered, no assistant reply
-
-
+HISTORY_TURNS = 20  # transcript turns read per message (the prompt budget trims further)
+FALLBACK_HANDOFF = "A colleague from our team will take over this conversation shortly."
 AGENT_STATES = (State.WAITING.value, State.WITH_AGENT.value)  # the assistant is silent
-
-@dataclass(frozen=True, slots=True)
-class SupportRequest:
-    message: str
-    session_id: str | None = None
-    language: str | None = None  # explicit: wins over detection
-    locale: str | None = None  # the chat page's locale / Accept-Language: a hint, never checked
-
-
-@dataclass(frozen=True, slots=True)
-class SupportReply:
-    session_id: str
-    reply: str
-    language: str
-    source: str  # Source value
-    intent: str | None
-    confidence: float
-    handoff: dict[str, str] | None
-    latency_ms: float
-    translated: bool = False  # the KB answer was translated into `language` by the model
-    # the help-center passages a document answer was grounded in: ({title, url}, ...)
-    sources: tuple[dict[str, str], ...] = ()
-    state: str = State.BOT.value  # the conversation's state after this message
-
-    def to_dict(self) -> dict[str, object]:
-        # not dataclasses.asdict: that deep-copies every value recursively and was ~5% of
-        # the CPU time of an answer from the cache
-        out = {name: getattr(self, name) for name in _REPLY_FIELDS}
-        if self.handoff is not None:
-            out["handoff"] = dict(self.handoff)
-        out["sources"] = [dict(s) for s in self.sources]
-        return out
-
-
-_REPLY_FIELDS = tuple(f.name for f in fields(SupportReply))
-Event = str | SupportReply  # text deltas, then the final reply
-
-
-def validate_message(text: object, max_chars: int) -> str:
-    if not isinstance(text, str):
-        raise InvalidRequest("message must be a string", param="message")
-    if len(text) > max_chars:
-        raise PayloadTooLarge(f"message is {len(text)} characters; the limit is {max_chars}")
-    if not text.strip():
-        raise InvalidRequest("message is empty", param="message")
-    junk = 0 if text.isprintable() else sum(  # isprintable: C speed for the common case
-        1 for ch in text if unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn")
-        and ch not in "\n\r\t")
-    if junk and junk / len(text) > 0.1 or "\x00" in text:
-        raise InvalidRequest("message contains binary data, not text", param="message")
-    return text.strip()
 
 
 def encode_lock(state: LockState) -> str | None:
@@ -163,29 +95,6 @@ def decode_lock(value: str | None) -> LockState:
         return LockState()
     locked, _, pending = value.partition(">")
     return LockState(locked=locked, pending=pending or None)
-
-
-def _cached_value(reply: str, intent: str | None, confidence: float, translated: bool,
-                  sources: tuple[dict[str, str], ...] = ()) -> str:
-    data: dict[str, object] = {"reply": reply, "intent": intent,
-                               "confidence": round(confidence, 4), "translated": translated}
-    if sources:
-        data["sources"] = list(sources)
-    return json.dumps(data, ensure_ascii=False)
-
-
-@functools.lru_cache(maxsize=1024)  # the same cached answers come back again and again
-def _cached_outcome(value: str) -> _Outcome | None:
-    try:
-        data = json.loads(value)
-        sources = tuple({"title": str(s["title"]), "url": str(s["url"])}
-                        for s in data.get("sources", ()))
-        return _Outcome(str(data["reply"]), Source.CACHE, data.get("intent"),
-                        float(data.get("confidence", 0.0)), None,
-                        translated=bool(data.get("translated")), cacheable=False,
-                        sources=sources)
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 class SupportPipeline:
@@ -210,6 +119,7 @@ class SupportPipeline:
         self._prompt_version = hashlib.sha256(
             f"{shop.name}\x00{shop.persona}".encode()).hexdigest()[:12]
         self._verifier = llm_verifier(model) if model is not None and config.verifier else None
+        self.answers = ModelAnswers(model, kb, config, self.detector)  # the model's replies
         # labelled metric children, resolved once per label set (labels() takes a lock)
         self._lookups = functools.lru_cache(maxsize=64)(metrics.cache_lookups_total.labels)
         self._messages = functools.lru_cache(maxsize=1024)(metrics.messages_total.labels)
@@ -246,7 +156,7 @@ class SupportPipeline:
                 transcript = await self.sessions.transcript(session_id, last=HISTORY_TURNS)
         first_message = not transcript.turns
 
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         text_key = model_answer_key(lang, text, self.kb.version) if first_message else None
         if text_key is not None:
             outcome = await self._from_cache(text_key)
@@ -264,7 +174,7 @@ class SupportPipeline:
                 yield outcome.reply
             assert outcome is not None
             if text_key is not None and outcome.cacheable:
-                await self._cache_set(text_key, _cached_value(
+                await self._cache_set(text_key, cached_value(
                     outcome.reply, outcome.intent, outcome.confidence, outcome.translated))
         else:
             yield outcome.reply
@@ -299,12 +209,12 @@ class SupportPipeline:
         return decision.language, (KEEP if decision.state == state
                                    else encode_lock(decision.state))
 
-    async def _from_cache(self, key: CacheKey) -> _Outcome | None:
+    async def _from_cache(self, key: CacheKey) -> Outcome | None:
         found = await self.cache.get(key)
         self._lookups(key.kind.value, found.result.value).inc()
         if not found.hit or found.value is None:
             return None
-        outcome = _cached_outcome(found.value)
+        outcome = cached_outcome(found.value)
         if outcome is None:
             log.warning("ignoring a malformed cache entry for %s", key.key)
         return outcome
@@ -314,7 +224,7 @@ class SupportPipeline:
             self._lookups(key.kind.value, LookupResult.ERROR.value).inc()
 
     async def _decide(self, session_id: str, transcript: Transcript, text: str, lang: str,
-                      match: Match) -> _Outcome | None:
+                      match: Match) -> Outcome | None:
         """Handoff or a KB answer; None means: ask the model."""
         if match.intent is not None and self.kb.intents[match.intent].handoff:
             return await self._handoff(lang, HandoffReason.CUSTOMER_REQUEST, match.intent,
@@ -325,7 +235,7 @@ class SupportPipeline:
         if match.intent is None:
             return None
         reply, source, translated = await self._kb_answer(match.intent, lang)
-        return _Outcome(reply, source, match.intent, match.confidence, None, translated)
+        return Outcome(reply, source, match.intent, match.confidence, None, translated)
 
     async def _kb_answer(self, intent: str, lang: str) -> tuple[str, Source, bool]:
         """The KB answer in ``lang``; translated (and cached) when the KB lacks it."""
@@ -341,7 +251,7 @@ class SupportPipeline:
         if self.model is None:
             return english, Source.KNOWLEDGE_BASE, False
         try:
-            text = await self._complete(translation_prompt(english, lang))
+            text = await self.answers.complete(translation_prompt(english, lang))
         except BabeldeskError as exc:
             log.warning("translation to %s failed (%s); answering in English", lang, exc.message)
             return english, Source.KNOWLEDGE_BASE, False
@@ -350,20 +260,14 @@ class SupportPipeline:
         await self._cache_set(key, text)
         return text, Source.KNOWLEDGE_BASE, True
 
-    async def _complete(self, messages: list[ChatMessage], session_id: str | None = None) -> str:
-        assert self.model is not None
-        params = SamplingParams(max_tokens=self.config.reply_max_tokens,
-                                temperature=self.config.temperature)
-        request = ChatRequest(messages, params, session_id=session_id)
-        return await generated_text(self.model.stream_chat(request))
-
     async def _answer(self, transcript: Transcript, text: str, lang: str, match: Match,
-                      live: bool, first_message: bool) -> AsyncIterator[str | _Outcome]:
+                      live: bool, first_message: bool) -> AsyncIterator[str | Outcome]:
         """No sure intent: with a help center, an answer from its passages, or a handoff
         when no passage is relevant (never an answer the shop's texts do not ground);
         without one, the model answers from the best intents' answers."""
         if self.documents is None:
-            async for item in self._model_answer(transcript, text, lang, match, live):
+            async for item in self.answers.answer(transcript, text, lang, match, self._handoff,
+                                                  live):
                 yield item
             return
         retrieval = await self.documents.aretrieve(text, lang)
@@ -379,118 +283,27 @@ class SupportPipeline:
                 yield cached.reply
                 yield cached
                 return
-        outcome: _Outcome | None = None
-        async for item in self._model_answer(transcript, text, lang, match, live, retrieval):
+        outcome: Outcome | None = None
+        async for item in self.answers.answer(transcript, text, lang, match, self._handoff,
+                                              live, retrieval):
             if isinstance(item, str):
                 yield item
             else:
                 outcome = item
         assert outcome is not None
         if key is not None and outcome.source is Source.DOCUMENT and outcome.cacheable:
-            await self._cache_set(key, _cached_value(outcome.reply, None, outcome.confidence,
+            await self._cache_set(key, cached_value(outcome.reply, None, outcome.confidence,
                                                      False, outcome.sources))
         # never under the message's text key: that one outlives an edit of the article
         yield replace(outcome, cacheable=False)
 
-    async def _model_answer(self, transcript: Transcript, text: str, lang: str,
-                            match: Match, live: bool = True,
-                            retrieval: Retrieval | None = None) -> AsyncIterator[str | _Outcome]:
-        """Grounded answer from the model, streamed. NO_ANSWER, a failing model or a reply
-        that leaks the instructions end as a handoff / a safe reply instead. A model stream
-        that fails before any of its text was shown is tried once more (the fleet routes the
-        retry around a worker that just failed)."""
-        if self.model is None:
-            yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
-            return
-        facts = [Fact(c.intent_id, self.kb.answer(c.intent_id, lang)
-                      or self.kb.answer(c.intent_id, "en") or "")
-                 for c in match.candidates if not self.kb.intents[c.intent_id].handoff]
-        # an agent's replies count as the assistant's, as the customer read them
-        history = [ChatMessage("user" if t.role == "user" else "assistant",
-                               t.translation if t.role == "agent" and t.translation else t.text)
-                   for t in transcript.turns if t.role in ("user", "assistant", "agent")]
-        shop = self.kb.shop
-        if retrieval is None:
-            messages = answer_prompt(shop.persona, shop.name, lang, facts, history, text,
-                                     self.config.history_tokens)
-        else:  # grounded in the help center's passages instead of the intents
-            passages = [Passage(h.chunk.heading, h.chunk.text) for h in retrieval.hits]
-            messages = document_prompt(shop.persona, shop.name, lang, passages, history, text,
-                                       self.config.history_tokens)
-        params = SamplingParams(max_tokens=self.config.reply_max_tokens,
-                                temperature=self.config.temperature)
-        request = ChatRequest(messages, params, session_id=transcript.session_id)
-        for attempt in range(MODEL_ATTEMPTS):
-            parts: list[str] = []
-            held: str | None = ""  # text held back while it may still become NO_ANSWER
-            try:
-                async for delta in self.model.stream_chat(request):
-                    if delta.error or delta.finish_reason == "error":
-                        raise GenerationFailed(delta.error or "model stream broke off")
-                    parts.append(delta.text)
-                    if not live:
-                        continue
-                    if held is not None:
-                        held += delta.text
-                        probe = held.lstrip()
-                        if NO_ANSWER.startswith(probe) or probe.startswith(NO_ANSWER):
-                            continue
-                        yield held
-                        held = None
-                    elif delta.text:
-                        yield delta.text
-                break
-            except BabeldeskError as exc:
-                shown = live and held is None  # some text already reached the customer
-                if shown or attempt + 1 == MODEL_ATTEMPTS:
-                    log.warning("model path failed: %s", exc.message)
-                    yield await self._handoff(lang, HandoffReason.MODEL_UNAVAILABLE,
-                                              match.intent, match.confidence)
-                    return
-                log.warning("model path failed before any text was shown (%s); retrying",
-                            exc.message)
-        reply = "".join(parts).strip()
-        if not reply or NO_ANSWER in reply:
-            yield await self._handoff(lang, HandoffReason.LOW_CONFIDENCE, None, match.confidence)
-            return
-        system = (system_prompt(shop.persona, shop.name, lang, facts) if retrieval is None
-                  else document_rules(shop.name, lang))  # quoting a passage is no leak
-        if leaks_system_prompt(reply, system):
-            log.warning("model reply repeated its instructions; replaced")
-            safe = self.kb.answer(HUMAN_INTENT, lang) or self.kb.answer(HUMAN_INTENT, "en") or ""
-            yield _Outcome(safe, Source.MODEL, None, match.confidence, None, cacheable=False)
-            return
-        if retrieval is not None:
-            yield _Outcome(self._trim_to_language(reply, lang), Source.DOCUMENT, None,
-                           match.confidence, None, sources=tuple(retrieval.sources()))
-            return
-        yield _Outcome(reply, Source.MODEL, None, match.confidence, None)
-
-    def _trim_to_language(self, reply: str, lang: str) -> str:
-        """A document answer without the untranslated tail the small model leaves when it
-        drifts into the passages' language mid-answer ("Las tarjetas regalo caducan en 3
-        años, counted from the end of the year."): from the first clause of 3+ words
-        that the detector reads as another language, the reply is cut. A reply that does
-        not start in ``lang`` is left whole (nothing better to show)."""
-        if self.detector.detect(reply).language == lang:
-            return reply
-        clauses = _CLAUSE.split(reply)
-        kept = clauses[:1]
-        for clause in clauses[1:]:
-            if len(clause.split()) >= 3 and self.detector.detect(clause).language != lang:
-                break
-            kept.append(clause)
-        if len(kept) == len(clauses) or self.detector.detect(kept[0]).language != lang:
-            return reply
-        return " ".join(kept).rstrip(",;: ") + ("" if kept[-1][-1:] in ".!?" else ".")
-
     async def _handoff(self, lang: str, reason: HandoffReason, intent: str | None,
-                       confidence: float) -> _Outcome:
+                       confidence: float) -> Outcome:
         if HUMAN_INTENT in self.kb.intents:
             reply, _, translated = await self._kb_answer(HUMAN_INTENT, lang)
         else:  # a shop KB without a contact_human entry
             reply, translated = FALLBACK_HANDOFF, False
-        return _Outcome(reply, Source.HANDOFF, intent, confidence, reason, translated,
+        return Outcome(reply, Source.HANDOFF, intent, confidence, reason, translated,
                         cacheable=False)
 
     def _repeated(self, transcript: Transcript, text: str, intent: str | None) -> bool:
@@ -540,15 +353,3 @@ class SupportPipeline:
             session_id=sid, reply="", language=lang, source=Source.AGENT.value, intent=None,
             confidence=0.0, handoff={"reason": reason} if reason else None,
             latency_ms=round((time.perf_counter() - started) * 1000, 3), state=transcript.state)
-
-
-@dataclass(frozen=True, slots=True)  # shared: _cached_outcome hands out one per value
-class _Outcome:
-    reply: str
-    source: Source
-    intent: str | None
-    confidence: float
-    handoff: HandoffReason | None
-    translated: bool = False
-    cacheable: bool = True  # may be stored under the message's text key
-    sources: tuple[dict[str, str], ...] = ()  # document answers: the passages' {title, url}
