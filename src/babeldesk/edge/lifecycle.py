@@ -13,6 +13,8 @@ from typing import Any
 
 import uvicorn
 
+from babeldesk.errors import BabeldeskError
+
 log = logging.getLogger(__name__)
 
 
@@ -63,3 +65,15 @@ class DrainingServer(uvicorn.Server):
         while time.monotonic() < deadline and self.busy() > 0:
             time.sleep(0.05)
         self.should_exit = True
+
+
+def start_up_failed(server: uvicorn.Server, logger: logging.Logger, exc: BaseException) -> None:
+    """A load that failed stops the process (the caller exits 1), as vLLM and llama-server
+    do: a supervisor sees the failure and restarts, instead of a process that stays up
+    answering 503 for ever. A known error (unknown model, malformed KB) is one log line
+    naming the cause; anything else is logged with its traceback."""
+    if isinstance(exc, BabeldeskError):
+        logger.error("start-up failed: %s", exc)
+    else:
+        logger.error("start-up failed", exc_info=exc)
+    server.should_exit = True

@@ -1,7 +1,8 @@
 """``babeldesk serve`` (embedded: gateway + in-process engine, sqlite sessions, memory
 cache, the bundled model and demo shop) and ``babeldesk gateway`` (the same app in front
 of a fleet of OpenAI-compatible workers). Both bind first, build the heavy parts in the
-background (``/ready`` 503 until done), and drain on SIGTERM.
+background (``/ready`` 503 until done), and drain on SIGTERM. A start-up that fails
+(unknown model, malformed KB) stops the process with status 1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.types import ChatModel
 from babeldesk.edge.errors import unavailable_until_mounted
-from babeldesk.edge.lifecycle import DrainingServer, freeze_heap
+from babeldesk.edge.lifecycle import DrainingServer, freeze_heap, start_up_failed
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -152,7 +153,8 @@ def load_help_center(config: Config, embedder: Any = None) -> Retriever:
     return retriever
 
 
-def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any = None) -> int:
+def _server(app: FastAPI, state: GatewayState, config: Config, *,
+            busy_extra: Any = None) -> DrainingServer:
     gw = config.gateway
     metrics = state.metrics
 
@@ -167,8 +169,7 @@ def _serve(app: FastAPI, state: GatewayState, config: Config, *, busy_extra: Any
                           timeout_graceful_shutdown=max(1, int(gw.drain_grace_s)),
                           timeout_keep_alive=5,
                           access_log=False)
-    DrainingServer(ucfg, grace_s=gw.drain_grace_s, on_drain=on_drain, busy=busy).run()
-    return 0
+    return DrainingServer(ucfg, grace_s=gw.drain_grace_s, on_drain=on_drain, busy=busy)
 
 
 def _logging(config: Config) -> None:
@@ -214,10 +215,10 @@ def run_serve(config: Config) -> int:
             state.phase = Phase.READY
             log.info("ready on http://%s:%d (model %s, %s)", config.gateway.host,
                      config.gateway.port, engine.model_name, engine.backend.name)
-        except Exception as exc:
-            log.exception("start-up failed")
+        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
             state.error = type(exc).__name__
             state.phase = Phase.FAILED
+            start_up_failed(server, log, exc)
 
     @app.on_event("startup")
     async def _start() -> None:
@@ -228,10 +229,11 @@ def run_serve(config: Config) -> int:
         e = holder.get("engine")
         return 0 if e is None else e.num_running + e.num_waiting
 
-    code = _serve(app, state, config, busy_extra=engine_busy)
+    server = _server(app, state, config, busy_extra=engine_busy)
+    server.run()
     if "engine" in holder:
         holder["engine"].shutdown()
-    return code
+    return 1 if state.phase == Phase.FAILED else 0
 
 
 def run_gateway(config: Config, upstream_model: str) -> int:
@@ -261,10 +263,10 @@ def run_gateway(config: Config, upstream_model: str) -> int:
             state.phase = Phase.READY
             log.info("ready on http://%s:%d with %d upstream(s)", config.gateway.host,
                      config.gateway.port, len(config.fleet.upstreams))
-        except Exception as exc:
-            log.exception("start-up failed")
+        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
             state.error = type(exc).__name__
             state.phase = Phase.FAILED
+            start_up_failed(server, log, exc)
 
     @app.on_event("startup")
     async def _start() -> None:
@@ -275,7 +277,9 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     async def _stop() -> None:
         await fleet.aclose()
 
-    return _serve(app, state, config)
+    server = _server(app, state, config)
+    server.run()
+    return 1 if state.phase == Phase.FAILED else 0
 
 
 class _UpstreamHeader:

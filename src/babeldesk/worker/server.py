@@ -2,7 +2,7 @@
 
 SIGTERM (or SIGINT): ``/ready`` turns 503 and new generations get 503 at once; in-flight
 requests finish within ``worker.drain_grace_s``; then uvicorn shuts down and the process
-exits 0. A second signal stops at once.
+exits 0. A second signal stops at once. A model that fails to load stops it with status 1.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
-from babeldesk.edge.lifecycle import DrainingServer, freeze_heap
+from babeldesk.edge.lifecycle import DrainingServer, freeze_heap, start_up_failed
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
 
 log = logging.getLogger("babeldesk.worker")
@@ -38,10 +38,10 @@ def run_worker(config: Config) -> int:
             if state.phase == Phase.LOADING:
                 state.phase = Phase.READY
             log.info("ready: %s on %s", engine.model_name, engine.backend.name)
-        except Exception as exc:  # noqa: BLE001 - any load failure: reported on /ready, process stays up
-            log.error("model load failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - any load failure stops the worker (exit 1)
             state.error = str(exc)
             state.phase = Phase.FAILED
+            start_up_failed(server, log, exc)
 
     @app.on_event("startup")
     async def _start_loading() -> None:
@@ -68,4 +68,4 @@ def run_worker(config: Config) -> int:
     server.run()
     if state.engine is not None:
         state.engine.shutdown()
-    return 0
+    return 1 if state.phase == Phase.FAILED else 0
