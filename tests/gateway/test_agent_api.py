@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import REPO, WorkerProcess, start_worker
-from tests.support.test_pipeline import Receiver
+from tests.conftest import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 ANA = "ana-key-0123456789abcdef"
@@ -23,14 +23,14 @@ OPS = "ops-key-0123456789abcdef"  # an operator key with every scope (reads /met
 
 
 @pytest.fixture(scope="module")
-def hooks() -> Iterator[Receiver]:
-    r = Receiver(failures=0)
+def hooks() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver()
     yield r
-    r.server.shutdown()
+    r.close()
 
 
 @pytest.fixture(scope="module")
-def desk(tmp_path_factory: pytest.TempPathFactory, hooks: Receiver) -> Iterator[WorkerProcess]:
+def desk(tmp_path_factory: pytest.TempPathFactory, hooks: WebhookReceiver) -> Iterator[WorkerProcess]:
     tmp = tmp_path_factory.mktemp("agents")
     w = start_worker(tmp, "--model", "qwen2.5-0.5b", "--sessions", f"sqlite:///{tmp}/s.db",
                      "--max-message-chars", "2000", "--no-verifier", command="serve",
@@ -78,7 +78,7 @@ async def until(pred, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_handoff_claim_translate_reply_return(desk: WorkerProcess, hooks: Receiver) -> None:
+def test_handoff_claim_translate_reply_return(desk: WorkerProcess, hooks: WebhookReceiver) -> None:
     base = desk.url
 
     async def run() -> None:
@@ -189,17 +189,17 @@ def test_handoff_claim_translate_reply_return(desk: WorkerProcess, hooks: Receiv
                 s.cancel()
 
     asyncio.run(run())
-    asyncio.run(until(lambda: any(e["type"] == "agent.joined" for e in hooks.received), 30))
-    kinds = [e["type"] for e in hooks.received]
+    asyncio.run(until(lambda: any(e["type"] == "agent.joined" for e in hooks.events), 30))
+    kinds = [e["type"] for e in hooks.events]
     assert kinds.count("handoff.requested") == 1 and kinds.count("agent.joined") == 1
-    check_schemas(hooks.received)
-    joined = next(e for e in hooks.received if e["type"] == "agent.joined")
+    check_schemas(hooks.events)
+    joined = next(e for e in hooks.events if e["type"] == "agent.joined")
     assert joined["agent"] == "ana" and joined["transcript_url"].startswith(
         "https://desk.example.com/v1/agent/conversations/")
 
 
 def test_closed_conversation_refuses_replies_and_untranslatable_is_flagged(
-        desk: WorkerProcess, hooks: Receiver) -> None:
+        desk: WorkerProcess, hooks: WebhookReceiver) -> None:
     c = httpx.Client(base_url=desk.url, timeout=180)
     sid = c.post("/v1/support/messages", json={
         "message": "Je veux parler à un humain"}).json()["session_id"]
@@ -225,14 +225,14 @@ def test_closed_conversation_refuses_replies_and_untranslatable_is_flagged(
                   json={"language": "en"}).status_code == 404
     assert c.post(f"/v1/agent/conversations/{sid}/claim", headers=auth(BEN),
                   json={"language": 7}).status_code == 400
-    asyncio.run(until(lambda: any(e["type"] == "conversation.closed" for e in hooks.received),
+    asyncio.run(until(lambda: any(e["type"] == "conversation.closed" for e in hooks.events),
                       30))
-    check_schemas(hooks.received)
-    closed = [e for e in hooks.received if e["type"] == "conversation.closed"]
+    check_schemas(hooks.events)
+    closed = [e for e in hooks.events if e["type"] == "conversation.closed"]
     assert [e["session_id"] for e in closed] == [sid] and closed[0]["agent"] == "ben"
 
 
-def test_ratings_are_stored_counted_and_sent(desk: WorkerProcess, hooks: Receiver) -> None:
+def test_ratings_are_stored_counted_and_sent(desk: WorkerProcess, hooks: WebhookReceiver) -> None:
     c = httpx.Client(base_url=desk.url, timeout=180)
     first = c.post("/v1/support/messages", json={"message": "¿Cuánto cuesta el envío?"}).json()
     sid = first["session_id"]
@@ -250,7 +250,7 @@ def test_ratings_are_stored_counted_and_sent(desk: WorkerProcess, hooks: Receive
     assert ('babeldesk_conversations_total{intent="shipping_cost",language="es",'
             'outcome="resolved_confirmed"} 1.0') in metrics
     def rated_events() -> list[dict]:
-        return [e for e in hooks.received if e["type"] == "conversation.rated"
+        return [e for e in hooks.events if e["type"] == "conversation.rated"
                 and e["session_id"] == sid]
 
     asyncio.run(until(lambda: bool(rated_events()), 30))  # delivered in the background

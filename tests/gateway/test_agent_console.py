@@ -19,7 +19,7 @@ from tests.conftest import WorkerProcess, start_worker
 from tests.gateway.test_agent_api import check_schemas, until
 from tests.gateway.test_chat_page import FLAGS
 from tests.store.redis_server import RedisServer
-from tests.support.test_pipeline import Receiver
+from tests.conftest import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,19 +27,19 @@ KEY = "ana-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProcess, Receiver]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProcess, WebhookReceiver]]:
     tmp = tmp_path_factory.mktemp("console")
     (tmp / "redis").mkdir()
     redis = RedisServer(tmp / "redis")
     redis.start()
-    hooks = Receiver(failures=0)
+    hooks = WebhookReceiver()
     w = start_worker(tmp, "--model", "qwen2.5-0.5b", "--sessions", redis.url, "--cache",
                      redis.url, "--no-verifier", command="serve",
                      env={"BABELDESK_GATEWAY_AGENT_KEYS": f"ana:{KEY}",
                           "BABELDESK_SUPPORT_HANDOFF_WEBHOOK": hooks.url})
     yield w, hooks
     w.stop()
-    hooks.server.shutdown()
+    hooks.close()
     redis.kill()
 
 
@@ -125,8 +125,8 @@ def test_customer_and_agent_pages_at_once(setup, tmp_path) -> None:
     for i in (0, 2, 4):  # the customer's messages, shown to an English agent translated
         assert t["turns"][i]["translation_language"] == "en" and t["turns"][i]["translation"]
     assert t["turns"][-1]["source"] == "rating" and t["turns"][-1]["text"] == "up"
-    asyncio.run(until(lambda: any(e["type"] == "conversation.rated" for e in hooks.received),
+    asyncio.run(until(lambda: any(e["type"] == "conversation.rated" for e in hooks.events),
                       30))
-    kinds = sorted(e["type"] for e in hooks.received if e["session_id"] == sid)
+    kinds = sorted(e["type"] for e in hooks.events if e["session_id"] == sid)
     assert kinds == ["agent.joined", "conversation.rated", "handoff.requested"]
-    check_schemas(hooks.received)
+    check_schemas(hooks.events)

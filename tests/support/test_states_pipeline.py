@@ -17,7 +17,6 @@ from babeldesk.knowledge.kb import load_kb
 from babeldesk.knowledge.matcher import IntentMatcher, MatcherConfig
 from babeldesk.support.pipeline import SupportPipeline, SupportRequest
 from babeldesk.telemetry.metrics import Metrics
-from tests.support.test_pipeline import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +39,10 @@ def sessions_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.url
 
 
-def test_handed_off_conversation_is_the_agents(kb_and_matcher, sessions_url: str) -> None:
+def test_handed_off_conversation_is_the_agents(kb_and_matcher, sessions_url: str,
+                                               webhook_receiver) -> None:
     kb, matcher = kb_and_matcher
-    receiver = Receiver(failures=0)
+    receiver = webhook_receiver()
     store_cfg = StoreConfig(sessions_url=sessions_url)
 
     async def run() -> None:
@@ -90,5 +90,4 @@ def test_handed_off_conversation_is_the_agents(kb_and_matcher, sessions_url: str
         assert 'babeldesk_messages_total{language="es",source="agent"} 4.0' in text
 
     asyncio.run(run())
-    assert [e["type"] for e in receiver.received] == ["handoff.requested"]
-    receiver.server.shutdown()
+    assert [e["type"] for e in receiver.events] == ["handoff.requested"]
