@@ -185,7 +185,7 @@ def _logging(config: Config) -> None:
 def run_serve(config: Config) -> int:
     """Gateway + in-process engine in one process."""
     from babeldesk.engine.loader import load_engine
-    from babeldesk.worker.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
+    from babeldesk.worker.openai_api import OPENAI_PATHS, mount_openai
 
     _logging(config)
     metrics = Metrics("gateway")
@@ -208,9 +208,9 @@ def run_serve(config: Config) -> int:
             engine.start()
             state.pipeline = build_pipeline(config, metrics,
                                             SessionTokenCap(engine, state.limiter), knowledge)
-            app.include_router(openai_router(
-                GuardedEngine(engine, state.require), max_body_bytes=config.gateway.max_body_bytes,
-                served_names={engine.model_name, config.engine.model}))
+            mount_openai(app, engine, state.require,
+                         max_body_bytes=config.gateway.max_body_bytes,
+                         configured_name=config.engine.model)
             freeze_heap()
             state.phase = Phase.READY
             log.info("ready on http://%s:%d (model %s, %s)", config.gateway.host,

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from babeldesk.config import Config
 from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface
 from babeldesk.engine.llm_engine import Engine
-from babeldesk.worker.openai_api import OPENAI_PATHS, GuardedEngine, openai_router
+from babeldesk.worker.openai_api import OPENAI_PATHS, mount_openai
 from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
@@ -79,8 +79,5 @@ def create_app(state: WorkerState) -> FastAPI:
 def mount_engine(app: FastAPI, state: WorkerState, engine: Engine) -> None:
     """Called once the model is loaded: add the OpenAI routes over the engine."""
     cfg = state.config
-    names = {engine.model_name, cfg.engine.model}
-    router = openai_router(GuardedEngine(engine, state.require_engine), max_body_bytes=cfg.worker.max_body_bytes,
-                           served_names=names)
-    app.include_router(router)
-
+    mount_openai(app, engine, state.require_engine, max_body_bytes=cfg.worker.max_body_bytes,
+                 configured_name=cfg.engine.model)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -238,3 +238,13 @@ def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -
                                final.usage.prompt_tokens, final.usage.completion_tokens)
 
     return router
+
+
+def mount_openai(app: FastAPI, engine: Any, check: Callable[[], object], *,
+                 max_body_bytes: int, configured_name: str) -> None:
+    """Once the model is loaded (``worker`` and ``serve`` alike): the OpenAI routes over
+    ``engine``, refusing new work while ``check()`` raises (loading, draining); the model
+    answers to its served name and to the configured reference."""
+    app.include_router(openai_router(
+        GuardedEngine(engine, check), max_body_bytes=max_body_bytes,
+        served_names={engine.model_name, configured_name}))
