@@ -153,6 +153,30 @@ def load_help_center(config: Config, embedder: Any = None) -> Retriever:
     return retriever
 
 
+def _start_loading(state: GatewayState, load: Callable[[], str],
+                   server: uvicorn.Server) -> threading.Thread:
+    """Build the heavy parts on a thread (``serve`` and ``gateway`` alike). When ``load``
+    returns its ready line: the heap is frozen, the app turns READY (unless a SIGTERM has
+    it draining already) and the line is logged. When it raises: FAILED, and the process
+    stops (``start_up_failed``: exit 1, the cause in one log line)."""
+
+    def run() -> None:
+        try:
+            ready = load()
+            freeze_heap()
+            if state.phase == Phase.LOADING:
+                state.phase = Phase.READY
+            log.info("%s", ready)
+        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
+            state.error = type(exc).__name__
+            state.phase = Phase.FAILED
+            start_up_failed(server, log, exc)
+
+    thread = threading.Thread(target=run, name="load", daemon=True)
+    thread.start()
+    return thread
+
+
 def _server(app: FastAPI, state: GatewayState, config: Config, *,
             busy_extra: Any = None) -> DrainingServer:
     gw = config.gateway
@@ -194,35 +218,27 @@ def run_serve(config: Config) -> int:
     unavailable_until_mounted(app, OPENAI_PATHS, state.require)
     holder: dict[str, Any] = {}
 
-    def load() -> None:
-        try:
-            # the model loads while the matcher and the help center come up (both cores
-            # busy; a later start reads the embeddings back and waits on whichever is slower)
-            with ThreadPoolExecutor(1, thread_name_prefix="engine-load") as pool:
-                pending = pool.submit(load_engine, config.engine, EngineMetrics(metrics))
-                try:
-                    knowledge = load_knowledge(config)
-                finally:
-                    holder["engine"] = pending.result()
-            engine = holder["engine"]
-            engine.start()
-            state.pipeline = build_pipeline(config, metrics,
-                                            SessionTokenCap(engine, state.limiter), knowledge)
-            mount_openai(app, engine, state.require,
-                         max_body_bytes=config.gateway.max_body_bytes,
-                         configured_name=config.engine.model)
-            freeze_heap()
-            state.phase = Phase.READY
-            log.info("ready on http://%s:%d (model %s, %s)", config.gateway.host,
-                     config.gateway.port, engine.model_name, engine.backend.name)
-        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
-            state.error = type(exc).__name__
-            state.phase = Phase.FAILED
-            start_up_failed(server, log, exc)
+    def load() -> str:
+        # the model loads while the matcher and the help center come up (both cores busy;
+        # a later start reads the embeddings back and waits on whichever is slower)
+        with ThreadPoolExecutor(1, thread_name_prefix="engine-load") as pool:
+            pending = pool.submit(load_engine, config.engine, EngineMetrics(metrics))
+            try:
+                knowledge = load_knowledge(config)
+            finally:
+                holder["engine"] = pending.result()
+        engine = holder["engine"]
+        engine.start()
+        state.pipeline = build_pipeline(config, metrics,
+                                        SessionTokenCap(engine, state.limiter), knowledge)
+        mount_openai(app, engine, state.require, max_body_bytes=config.gateway.max_body_bytes,
+                     configured_name=config.engine.model)
+        return (f"ready on http://{config.gateway.host}:{config.gateway.port} "
+                f"(model {engine.model_name}, {engine.backend.name})")
 
     @app.on_event("startup")
     async def _start() -> None:
-        threading.Thread(target=load, name="load", daemon=True).start()
+        _start_loading(state, load, server)
         start_gpu_sampler(metrics)
 
     def engine_busy() -> int:
@@ -255,23 +271,16 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     Passthrough(state, fleet, session_header=config.fleet.session_header,
                 max_body_bytes=config.gateway.max_body_bytes).install(app)
 
-    def load() -> None:
-        try:
-            model = SessionTokenCap(FleetChatModel(fleet, upstream_model), state.limiter)
-            state.pipeline = build_pipeline(config, metrics, model)
-            freeze_heap()
-            state.phase = Phase.READY
-            log.info("ready on http://%s:%d with %d upstream(s)", config.gateway.host,
-                     config.gateway.port, len(config.fleet.upstreams))
-        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
-            state.error = type(exc).__name__
-            state.phase = Phase.FAILED
-            start_up_failed(server, log, exc)
+    def load() -> str:
+        model = SessionTokenCap(FleetChatModel(fleet, upstream_model), state.limiter)
+        state.pipeline = build_pipeline(config, metrics, model)
+        return (f"ready on http://{config.gateway.host}:{config.gateway.port} "
+                f"with {len(config.fleet.upstreams)} upstream(s)")
 
     @app.on_event("startup")
     async def _start() -> None:
         await fleet.start()
-        threading.Thread(target=load, name="load", daemon=True).start()
+        _start_loading(state, load, server)
 
     @app.on_event("shutdown")
     async def _stop() -> None:
