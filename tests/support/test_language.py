@@ -21,7 +21,13 @@ from babeldesk.support.language import (
     script_language,
     text_weight,
 )
-from babeldesk.support.language_lock import LanguageLock, LockPolicy, LockReason, LockState
+from babeldesk.support.language_lock import (
+    LanguageLock,
+    LockPolicy,
+    LockReason,
+    LockState,
+    with_earlier,
+)
 from babeldesk.support.lexicon import fold, words
 
 
@@ -388,6 +394,32 @@ def test_a_close_language_keeps_the_lock(detector: LanguageDetector) -> None:
         "cs", LockState(locked="cs"), LockReason.LOCKED)
     # a language that is not close still switches
     assert lock.step(LockState(locked="ms"), Detection("en", 0.99), 60).language == "en"
+
+
+def test_with_earlier_joins_the_customers_last_messages() -> None:
+    from babeldesk.store.base import Turn
+
+    turns = [Turn("user", "a"), Turn("assistant", "x"), Turn("user", "b"), Turn("user", "c")]
+    assert with_earlier(turns, "d") == "b c d"
+    assert with_earlier(turns, "d", n=1) == "c d"
+    assert with_earlier(turns, "d", n=0) == "d"
+    assert with_earlier([Turn("assistant", "x")], "d") == "d"
+
+
+@pytest.mark.parametrize(
+    ("text", "locale", "expected"),
+    [("hi", "en", "en"), ("hi", None, "en"), ("Hi!", "en", "en"), ("ok", None, "en"),
+     ("ok", "de", "de"), ("hola", "es", "es"), ("e quando?", "pt", "pt")],
+)
+def test_an_unsure_first_message_is_answered_in_the_page_language(
+        detector: LanguageDetector, text: str, locale: str | None, expected: str) -> None:
+    # "hi" is Catalan to the word lists even with an English page, "ok" Polish: before
+    # the lock an unsure message is answered in the page's language, and a message of one
+    # or two letters is no guess without one
+    found = detector.detect(text, Prior(locale=locale))
+    decision = LanguageLock().step(LockState(), found, text_weight(text), locale=locale)
+    assert decision.language == expected
+    assert decision.state == LockState()
 
 
 def test_lock_is_pure() -> None:

@@ -105,6 +105,26 @@ def test_the_locale_hint_decides_a_short_first_message(kb_and_matcher) -> None:
     assert asyncio.run(run()) == ["ms", "id", "id", "id"]
 
 
+def test_earlier_messages_decide_a_short_one_before_the_lock(kb_and_matcher) -> None:
+    kb, matcher = kb_and_matcher
+    p, _ = pipeline(kb, matcher)
+
+    async def run() -> list[tuple[str, str | None]]:
+        first = await p.handle(SupportRequest("chao shop"))
+        second = await p.handle(SupportRequest("don hang?", session_id=first.session_id))
+        alone = await p.handle(SupportRequest("don hang?"))
+        transcript = await p.sessions.transcript(first.session_id)
+        return [(first.language, None), (second.language, transcript.language),
+                (alone.language, None)]
+
+    # "don hang?" (unaccented "order?") alone reads as English; after "chao shop" (hello,
+    # shop) in the same session it is Vietnamese, and the two together lock the session
+    (first, _), (second, lock), (alone, _) = asyncio.run(run())
+    assert (first, second) == ("vi", "vi")
+    assert lock is not None and decode_lock(lock) == LockState(locked="vi")
+    assert alone == "en"
+
+
 def test_lock_encoding_round_trips() -> None:
     for state in (LockState(), LockState("es"), LockState("es", "fr")):
         assert decode_lock(encode_lock(state)) == state

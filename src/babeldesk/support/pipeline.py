@@ -56,7 +56,7 @@ from babeldesk.support.language import (
     normalize_language_code,
     text_weight,
 )
-from babeldesk.support.language_lock import LanguageLock, LockState
+from babeldesk.support.language_lock import LanguageLock, LockState, with_earlier
 from babeldesk.support.messages import (  # re-exported: the pipeline's request and reply
     Event,
     Outcome,
@@ -201,11 +201,12 @@ class SupportPipeline:
                   locale: str | None = None) -> tuple[str, str | None | Keep]:
         """The reply language, and the session's new lock value (KEEP: unchanged), which
         ``_record`` stores with the turns. The chat page's locale and the session's locked
-        language are priors of the detector: they decide short, ambiguous messages."""
+        language are priors of the detector (and, before the lock, earlier messages)."""
         state = decode_lock(transcript.language)
         prior = Prior(locale=locale_language(locale), session=state.locked)
-        detection: Detection = self.detector.detect(text, prior)
-        decision = self.lock.step(state, detection, text_weight(text), explicit)
+        sample = text if state.locked else with_earlier(transcript.turns, text)
+        detection: Detection = self.detector.detect(sample, prior)
+        decision = self.lock.step(state, detection, text_weight(sample), explicit, prior.locale)
         return decision.language, (KEEP if decision.state == state
                                    else encode_lock(decision.state))
 
