@@ -132,6 +132,16 @@ UNHINTED = [
     ("sw", "sipati sms ya code"),
     ("sw", "nimesahau password yangu"),
     ("ms", "Bilakah bungkusan saya akan dihantar?"),  # "bilakah": Malay's, not Indonesian's
+    # languages whose only word list was a neighbour's (or none): their own words now
+    # (before: bs, pt, sv, ru, mk, pt, ru, mr)
+    ("et", "Millal mu pakk kohale jõuab?"),
+    ("eu", "Noiz iritsiko da nire eskaera?"),
+    ("az", "Pulumu nə vaxt qaytaracaqsınız?"),
+    ("be", "Калі прыйдзе мая пасылка?"),
+    ("sr", "Када ће стићи моја пошиљка?"),
+    ("gl", "Cando chegará o meu pedido? Xa paguei."),
+    ("af", "Ek het nog nie my pakkie gekry nie"),
+    ("ne", "मलाई पैसा फिर्ता चाहिन्छ, कहिले आउँछ?"),
     ("en", "do you ship to canada"),
     ("en", "can i change my address"),
     ("en", "my card was charged twice"),

@@ -69,7 +69,7 @@ PROXY = {"af": "nl", "gl": "pt", "az": "tr", "uz": "tr", "be": "uk", "mr": "hi",
 # Supported languages written in Latin letters whose only list is the product lexicon
 # (wordfreq ships none; a test checks): a word their short list lacks is no evidence
 # against them, so only the words it has count (language.py).
-LEXICON_ONLY = frozenset({"sw"})
+LEXICON_ONLY = frozenset({"sw", "eu"})
 
 # a word: letters, with digits inside it kept (Arabizi "3andi", "sa3dni"); digits alone
 # (an order number, a price) are no word
