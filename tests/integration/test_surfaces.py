@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,8 @@ OPERATOR_ROUTES = [
     ("GET", "/v1/models", None),
     ("GET", "/v1/admin/upstreams", None),
     ("GET", "/metrics", None),
+    ("GET", "/v1/transcripts", None),
+    ("GET", "/v1/transcripts/no-such-session", None),
 ]
 
 
@@ -96,7 +99,7 @@ def test_operator_routes_need_a_key_with_their_scope(stack: Stack, method, path,
     r = _call(url, method, path, body, AGENT)
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error", r.text
     r = _call(url, method, path, body, OPS)
-    assert r.status_code == 200, r.text
+    assert r.status_code == (404 if "no-such" in path else 200), r.text
     if path not in ("/v1/admin/upstreams", "/metrics"):  # these name upstreams: operators only
         _no_internal(stack, r)
 
@@ -124,6 +127,32 @@ def test_public_surface_needs_no_key(stack: Stack) -> None:
     assert httpx.delete(f"{url}/v1/support/sessions/{sid}").status_code == 204
     for probe in ("/health", "/ready"):
         assert httpx.get(url + probe).status_code == 200
+
+
+def test_operators_list_and_read_transcripts(stack: Stack) -> None:
+    url = stack.gateway.url
+    r = httpx.post(url + "/v1/support/messages", timeout=120,
+                   json={"message": "Where is my order? It has not arrived yet."})
+    assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    listed = _call(url, "GET", "/v1/transcripts?limit=500", None, OPS).json()
+    mine = [t for t in listed["transcripts"] if t["session_id"] == sid]
+    assert len(mine) == 1 and mine[0]["state"] == "bot", listed
+    full = _call(url, "GET", f"/v1/transcripts/{sid}", None, OPS).json()
+    assert [t["role"] for t in full["turns"]] == ["user", "assistant"]
+    assert full["turns"][0]["text"].startswith("Where is my order")
+    later = _call(url, "GET", f"/v1/transcripts?since={time.time() + 3600}", None, OPS).json()
+    assert later["transcripts"] == []
+    for bad in ("since=-1", "limit=0", "limit=x"):
+        r = _call(url, "GET", "/v1/transcripts?" + bad, None, OPS)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_the_contract_is_public(stack: Stack) -> None:
+    doc = httpx.get(stack.gateway.url + "/openapi.json").json()
+    for path in ("/v1/support/messages", "/v1/chat/completions", "/v1/transcripts",
+                 "/v1/agent/queue", "/v1/admin/upstreams"):
+        assert path in doc["paths"], path
 
 
 def test_the_worker_wants_its_key(stack: Stack) -> None:

@@ -20,8 +20,16 @@ class EdgeApp(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hot: dict[tuple[str, str], Handler] = {}
+        # the OpenAPI operations of the hot routes, which FastAPI cannot see ({path: {method: op}})
+        self.documented: dict[str, dict[str, dict[str, Any]]] = {}
         self._edge: list[tuple[Any, dict[str, Any]]] = []  # outermost last
         self._entry: Handler | None = None
+
+    def serve_hot(self, method: str, path: str, handler: Handler,
+                  operation: dict[str, Any]) -> None:
+        """Serve (method, path) with a plain ASGI handler, documented by ``operation``."""
+        self.hot[(method, path)] = handler
+        self.documented.setdefault(path, {})[method.lower()] = operation
 
     def add_edge(self, middleware: Any, **options: Any) -> None:
         """A pure-ASGI middleware around every route, hot or not (before the first call)."""

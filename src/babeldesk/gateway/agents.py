@@ -41,11 +41,24 @@ from babeldesk.support.language import normalize_language_code
 from babeldesk.support.pipeline import SupportPipeline, validate_message
 from babeldesk.edge.bodies import decode_json_body, read_body
 from babeldesk.edge.lifecycle import Phase
+from babeldesk.edge.openapi import content
 
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
 STOP_CHECK_S = 1.0  # how often an open stream looks whether the gateway is draining
 VIEW_TRANSLATIONS = 20  # customer turns translated on view (the newest; cached)
 _LANG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
+
+
+def _json_object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its JSON body by hand (``_body``)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "properties": properties, "required": required}}}}}
+
+
+_SSE_DOC = content("text/event-stream")
+_CLAIM_DOC = _json_object({"language": {"type": "string", "pattern": _LANG.pattern}}, [])
+_REPLY_DOC = _json_object({"message": {"type": "string", "minLength": 1}}, ["message"])
+_RATING_DOC = _json_object({"value": {"enum": ["up", "down"]}}, ["value"])
 
 
 def agent_of(state: GatewayState, request: Request) -> str:
@@ -175,7 +188,7 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
         return await agent_view(ready().desk, _sid(session_id),
                                 _language(lang) if lang else None)
 
-    @app.post("/v1/agent/conversations/{session_id}/claim")
+    @app.post("/v1/agent/conversations/{session_id}/claim", openapi_extra=_CLAIM_DOC)
     async def claim(session_id: str, request: Request) -> dict[str, Any]:
         agent = agent_of(state, request)
         body = await _body(request, limit)
@@ -188,7 +201,7 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
                 state.metrics.agent_wait_seconds.observe(max(0.0, t.state_since - waited[-1]))
         return await agent_view(desk, session_id, lang)
 
-    @app.post("/v1/agent/conversations/{session_id}/reply")
+    @app.post("/v1/agent/conversations/{session_id}/reply", openapi_extra=_REPLY_DOC)
     async def reply(session_id: str, request: Request) -> dict[str, Any]:
         agent = agent_of(state, request)
         pipeline = ready()
@@ -209,24 +222,27 @@ def mount_agent_routes(app: FastAPI, state: GatewayState) -> None:
         await ready().desk.release(agent, _sid(session_id))
         return {"session_id": session_id, "state": "bot"}
 
-    @app.get("/v1/agent/events")
+    @app.get("/v1/agent/events",
+             response_class=StreamingResponse, responses=_SSE_DOC)
     async def agent_events(request: Request) -> StreamingResponse:
         agent_of(state, request)
         return event_stream(ready().desk.bus, AGENTS_CHANNEL, stop=draining)
 
-    @app.get("/v1/agent/conversations/{session_id}/events")
+    @app.get("/v1/agent/conversations/{session_id}/events",
+             response_class=StreamingResponse, responses=_SSE_DOC)
     async def conversation_events(session_id: str, request: Request) -> StreamingResponse:
         agent_of(state, request)
         desk = ready().desk
         await desk.sessions.transcript(_sid(session_id), last=0)  # 404 for an unknown one
         return event_stream(desk.bus, session_channel(session_id), stop=draining)
 
-    @app.post("/v1/support/sessions/{session_id}/rating")
+    @app.post("/v1/support/sessions/{session_id}/rating", openapi_extra=_RATING_DOC)
     async def rate(session_id: str, request: Request) -> dict[str, Any]:
         body = await _body(request, limit)
         return await ready().desk.rate(_sid(session_id), body.get("value"))  # type: ignore[arg-type]
 
-    @app.get("/v1/support/sessions/{session_id}/events")
+    @app.get("/v1/support/sessions/{session_id}/events",
+             response_class=StreamingResponse, responses=_SSE_DOC)
     async def customer_events(session_id: str) -> StreamingResponse:
         desk = ready().desk
         await desk.sessions.transcript(_sid(session_id), last=0)  # 404 for an unknown one

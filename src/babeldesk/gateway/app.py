@@ -25,6 +25,7 @@ from babeldesk.config import Config
 from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface, is_loopback
 from babeldesk.edge.errors import install_error_handlers
 from babeldesk.edge.lifecycle import Phase
+from babeldesk.edge.openapi import SSE_SCHEMA, content, json_body, publish_openapi
 from babeldesk.edge.ratelimit import Limiter, RateLimit
 from babeldesk.edge.stack import EdgeApp
 from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unavailable
@@ -61,8 +62,10 @@ class GatewayState:
 
 
 class SupportBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    message: Any = None
+    # ``message`` is checked by the pipeline (type, length, binary junk) for a clearer
+    # error than pydantic's; the published schema says what it must be
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["message"]})
+    message: Any = Field(None, json_schema_extra={"type": "string", "minLength": 1})
     session_id: str | None = Field(None)
     language: str | None = None
     # the page's language (navigator.language, e.g. "es-MX"): a hint for the detector; an
@@ -89,6 +92,29 @@ def parse_support_body(data: Any, accept_language: str = "") -> tuple[SupportReq
                              param="session_id")
     locale = body.locale or language_of_header(accept_language)
     return SupportRequest(body.message, body.session_id, body.language, locale), body.stream
+
+
+_REPLY_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["session_id", "reply", "language", "source", "state"],
+    "properties": {
+        "session_id": {"type": "string"}, "reply": {"type": "string"},
+        "language": {"type": "string"},
+        "source": {"enum": ["knowledge_base", "cache", "document", "model", "handoff", "agent"]},
+        "intent": {"type": ["string", "null"]}, "confidence": {"type": "number"},
+        "handoff": {"type": ["object", "null"]}, "latency_ms": {"type": "number"},
+        "translated": {"type": "boolean"}, "sources": {"type": "array"},
+        "state": {"type": "string"}}}
+SUPPORT_OPERATION: dict[str, Any] = {
+    "summary": "A customer's message; the reply as JSON, or as server-sent events "
+               "(delta, then done) with stream: true",
+    "operationId": "send_support_message", "tags": ["public"],
+    "parameters": [{"name": "Accept-Language", "in": "header", "required": False,
+                    "schema": {"type": "string"}}],
+    "requestBody": json_body(SupportBody),
+    "responses": {"200": {"description": "the reply", "content": {
+        "application/json": {"schema": _REPLY_SCHEMA},
+        "text/event-stream": {"schema": SSE_SCHEMA}}}},
+}
 
 
 def customer_turn(t: Turn) -> dict[str, Any]:
@@ -137,7 +163,7 @@ _NO_OTEL: dict[str, Any] = (
 _GET = frozenset({"GET", "HEAD"})
 GATEWAY_SURFACE = Surface([
     Rule("/", None, _GET), Rule("/widget.js", None, _GET), Rule("/static/", None, _GET),
-    Rule("/health", None, _GET), Rule("/ready", None, _GET),
+    Rule("/health", None, _GET), Rule("/ready", None, _GET), Rule("/openapi.json", None, _GET),
     Rule(SUPPORT_PATH, None, frozenset({"POST"})),
     Rule("/v1/support/sessions/", None),
     Rule("/v1/chat/completions", Scope.CHAT), Rule("/v1/models", Scope.CHAT),
@@ -195,7 +221,7 @@ def create_app(state: GatewayState) -> FastAPI:
     async def chat_page() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/widget.js")
+    @app.get("/widget.js", response_class=Response, responses=content("text/javascript"))
     async def widget_js() -> Response:
         # cached by the shop's visitors for an hour; allowed origins: gateway.cors_origins
         return Response(widget, media_type="text/javascript",
@@ -223,13 +249,14 @@ def create_app(state: GatewayState) -> FastAPI:
         return JSONResponse({"status": status}, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=content("text/plain"))
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     # the message endpoint skips FastAPI's per-request machinery (see gateway/hot.py)
-    app.hot[("POST", SUPPORT_PATH)] = support_endpoint(state, parse=parse_support_body,
-                                                       events=support_events)
+    app.serve_hot("POST", SUPPORT_PATH, support_endpoint(
+        state, parse=parse_support_body, events=support_events), SUPPORT_OPERATION)
+    publish_openapi(app, extra=lambda: app.documented)
 
     @app.get("/v1/support/sessions/{session_id}")
     async def get_session(session_id: str) -> dict[str, Any]:
@@ -253,9 +280,11 @@ def create_app(state: GatewayState) -> FastAPI:
         await pipeline.sessions.delete(session_id)
         return Response(status_code=204)
 
-    from babeldesk.gateway.agents import mount_agent_routes  # it imports this module
+    from babeldesk.gateway.agents import mount_agent_routes  # they import this module
+    from babeldesk.gateway.transcripts import mount_transcript_routes
 
     mount_agent_routes(app, state)
+    mount_transcript_routes(app, state)
 
     @app.get("/v1/admin/upstreams")
     async def admin_upstreams() -> dict[str, Any]:

@@ -37,11 +37,33 @@ from babeldesk.gateway.app import GatewayState
 from babeldesk.edge.bodies import decode_json_body, read_body
 from babeldesk.edge.disconnect import until_disconnect
 from babeldesk.edge.errors import Counted
+from babeldesk.edge.openapi import SSE_SCHEMA
+from babeldesk.edge.stack import EdgeApp
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+# the fleet's workers validate the body (their /openapi.json has its schema); the gateway
+# checks that it is a JSON object and passes its bytes on
+CHAT_OPERATION: dict[str, Any] = {
+    "summary": "OpenAI chat completions, relayed to a worker (operator: chat scope)",
+    "operationId": "create_chat_completion", "tags": ["operator"],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "an OpenAI chat-completions request"}}}},
+    "responses": {"200": {"description": "the completion, or its chunks as server-sent "
+                          "events with stream: true", "content": {
+                              "application/json": {"schema": {"type": "object"}},
+                              "text/event-stream": {"schema": SSE_SCHEMA}}},
+                  "500": {"description": "the model failed mid-generation", "content": {
+                      "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+}
+MODELS_OPERATION: dict[str, Any] = {
+    "summary": "The served model (operator: chat scope)", "operationId": "list_models",
+    "tags": ["operator"],
+    "responses": {"200": {"description": "OpenAI's model list", "content": {
+        "application/json": {"schema": {"type": "object"}}}}},
+}
 
 
 class _Endpoint:
@@ -81,10 +103,11 @@ class Passthrough:
     def install(self, app: FastAPI) -> None:
         """Mount the routes, and serve them ahead of FastAPI where the app has ``hot``."""
         app.router.routes.extend(self.routes())
-        hot = getattr(app, "hot", None)
-        if hot is not None:
-            hot[("POST", CHAT_PATH)] = Counted(self.state, CHAT_PATH, self.chat)
-            hot[("GET", MODELS_PATH)] = Counted(self.state, MODELS_PATH, self.models)
+        if isinstance(app, EdgeApp):
+            app.serve_hot("POST", CHAT_PATH, Counted(self.state, CHAT_PATH, self.chat),
+                          CHAT_OPERATION)
+            app.serve_hot("GET", MODELS_PATH, Counted(self.state, MODELS_PATH, self.models),
+                          MODELS_OPERATION)
 
     async def chat(self, scope: Scope, receive: Any, send: Any) -> None:
         self.state.require()

@@ -19,6 +19,7 @@ from babeldesk.telemetry.http import MetricsMiddleware
 from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
 from babeldesk.edge.errors import install_error_handlers, unavailable_until_mounted
 from babeldesk.edge.lifecycle import Phase
+from babeldesk.edge.openapi import content, publish_openapi
 
 log = logging.getLogger(__name__)
 # with worker.api_key set, the OpenAI API needs it; /health, /ready, /metrics stay open
@@ -69,10 +70,11 @@ def create_app(state: WorkerState) -> FastAPI:
         return JSONResponse(body, status_code=200 if ok else 503,
                             headers=None if ok else {"Retry-After": "5"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=content("text/plain"))
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
+    publish_openapi(app)
     return app
 
 

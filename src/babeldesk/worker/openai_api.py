@@ -23,6 +23,7 @@ from babeldesk.errors import InvalidRequest, ModelNotFound
 from babeldesk.types import ChatMessage, ChatRequest, SamplingParams, TextDelta
 from babeldesk.edge.bodies import decode_json_body, read_body
 from babeldesk.edge.disconnect import until_disconnect
+from babeldesk.edge.openapi import SSE_SCHEMA, json_body
 
 MAX_STOP = 4
 MAX_SEED = 2**63 - 1
@@ -195,17 +196,29 @@ MODELS_PATH = "/v1/models"
 OPENAI_PATHS = frozenset({CHAT_PATH, MODELS_PATH})  # what ``openai_router`` serves
 
 
+# the body is read (bounded) and validated by hand; FastAPI documents it from here
+_CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": json_body(ChatCompletionBody),
+    "responses": {
+        "200": {"description": "the completion, or its chunks as server-sent events with "
+                "stream: true", "content": {"application/json": {"schema": {"type": "object"}},
+                                           "text/event-stream": {"schema": SSE_SCHEMA}}},
+        "500": {"description": "the model failed mid-generation", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+}
+
+
 def openai_router(engine: Any, *, max_body_bytes: int, served_names: set[str]) -> APIRouter:
     """``POST /v1/chat/completions`` and ``GET /v1/models`` over an ``Engine``."""
     router = APIRouter()
     model_name = engine.model_name
 
-    @router.get(MODELS_PATH)
+    @router.get(MODELS_PATH, tags=["operator"])
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": model_name, "object": "model", "created": 0, "owned_by": "babeldesk"}]}
 
-    @router.post(CHAT_PATH)
+    @router.post(CHAT_PATH, tags=["operator"], openapi_extra=_CHAT_OPENAPI)
     async def chat_completions(request: Request) -> Any:
         data = decode_json_body(await read_body(request, max_body_bytes), max_body_bytes)
         body, chat = parse_chat_request(data, served_names)

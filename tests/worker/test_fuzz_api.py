@@ -1,0 +1,19 @@
+"""schemathesis against a real ``babeldesk worker`` (smollm2-135m): every operation in its
+``/openapi.json`` (the OpenAI API, health, readiness, metrics). A client mistake must be a
+4xx here, or the fleet would count it against the worker's breaker."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import WorkerProcess
+from tests.contract import fuzz
+from tests.gateway.test_fuzz_api import _short
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_worker_operation_holds_its_contract(smol_worker: WorkerProcess) -> None:
+    failures, done = fuzz(smol_worker.url, prepare=_short)
+    assert done >= 20  # cases sent
+    assert not failures, "\n\n".join(failures)
