@@ -291,7 +291,7 @@ def test_gateway_config_map_is_a_valid_babeldesk_config(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(text)
     cfg = load_config(tmp_path / "config.yaml", env={})
     assert cfg.fleet.upstreams[0].url == "http://babeldesk-worker.shop-a.svc.cluster.local:8000"
-    assert cfg.store.cache_url.startswith("redis://babeldesk-redis.shop-a.svc")
+    assert cfg.store.cache_url.startswith("rediss://babeldesk-redis.shop-a.svc")
 
 
 def test_committed_manifests_are_the_default_render() -> None:
@@ -335,6 +335,7 @@ def test_keys_and_redis_password_come_from_the_secret_only() -> None:
     for url in ("BABELDESK_STORE_CACHE_URL", "BABELDESK_STORE_SESSIONS_URL",
                 "BABELDESK_LIMITS_STORAGE_URL"):
         assert "$(REDIS_PASSWORD)@" in _env(gateway)[url]["value"]
+        assert _env(gateway)[url]["value"].startswith("rediss://")  # TLS (test_redis_tls.py)
         assert names.index("REDIS_PASSWORD") < names.index(url)  # expanded only if earlier
     assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
     assert secret_key(_env(redis)["REDISCLI_AUTH"]) == "redis-password"  # the probe

@@ -6,7 +6,8 @@ What is rendered (namespace-scoped, ``kubectl apply -f`` as is):
 - workers: Deployment with ``nvidia.com/gpu`` limits, GPU node selector and toleration,
   readiness on ``/ready`` and liveness on ``/health``, a preStop pause and a termination
   grace long enough to drain in-flight generations; a headless Service for discovery; PDB;
-- Redis: StatefulSet with an append-only file on a PersistentVolumeClaim, Service;
+- Redis: StatefulSet with an append-only file on a PersistentVolumeClaim, a password and
+  TLS only (``rediss://``; ``redis_objects.py``), Service;
 - Prometheus Operator ServiceMonitors for gateway and workers;
 - the worker autoscaler, one of ``WorkerAutoscaler``: a KEDA ScaledObject, an HPA on the
   custom metric, or the ``babeldesk autoscale run`` controller with its RBAC.
@@ -79,10 +80,6 @@ def _secret_env(name: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}}
 
 
-def _redis_url(cfg: KubernetesConfig, db: int) -> str:  # $(X): an earlier env var of the pod
-    return f"redis://:$(REDIS_PASSWORD)@{_svc_host(cfg, 'babeldesk-redis')}:6379/{db}"
-
-
 def _svc_host(cfg: KubernetesConfig, name: str) -> str:
     return f"{name}.{cfg.namespace}.svc.cluster.local"
 
@@ -96,9 +93,10 @@ def babeldesk_config(cfg: KubernetesConfig) -> dict[str, Any]:
             "dns_refresh_s": 10.0,
             "health_path": "/ready",
         },
+        # without the password: the pods' environment sets the full URLs (redis_url)
         "store": {
-            "cache_url": f"redis://{_svc_host(cfg, 'babeldesk-redis')}:6379/0",
-            "sessions_url": f"redis://{_svc_host(cfg, 'babeldesk-redis')}:6379/1",
+            "cache_url": f"rediss://{_svc_host(cfg, 'babeldesk-redis')}:6379/0",
+            "sessions_url": f"rediss://{_svc_host(cfg, 'babeldesk-redis')}:6379/1",
         },
     }
 
@@ -160,18 +158,23 @@ def _deployment(cfg: KubernetesConfig, name: str, component: str, replicas: int,
 
 
 def gateway_objects(cfg: KubernetesConfig) -> list[Manifest]:
+    from babeldesk.autoscale.redis_objects import client_ca_volume, redis_url
+
     volumes, mounts = _volumes(with_config=True)
     volumes.append({"name": "secrets", "secret": {
         "secretName": SECRET, "items": [{"key": "keys.yaml", "path": "keys.yaml"}]}})
     mounts.append({"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True})
+    ca_volume, ca_mount = client_ca_volume()  # the CA that signed Redis' certificate
+    volumes.append(ca_volume)
+    mounts.append(ca_mount)
     env = [*_ENV,
            # operator keys (scopes) and the key the workers want; Redis with its password
            {"name": "BABELDESK_GATEWAY_KEYS_FILE", "value": f"{SECRETS_MOUNT}/keys.yaml"},
            _secret_env("BABELDESK_FLEET_API_KEY", "worker-api-key"),
            _secret_env("REDIS_PASSWORD", "redis-password"),
-           {"name": "BABELDESK_STORE_CACHE_URL", "value": _redis_url(cfg, 0)},
-           {"name": "BABELDESK_STORE_SESSIONS_URL", "value": _redis_url(cfg, 1)},
-           {"name": "BABELDESK_LIMITS_STORAGE_URL", "value": _redis_url(cfg, 2)}]
+           {"name": "BABELDESK_STORE_CACHE_URL", "value": redis_url(cfg, 0)},
+           {"name": "BABELDESK_STORE_SESSIONS_URL", "value": redis_url(cfg, 1)},
+           {"name": "BABELDESK_LIMITS_STORAGE_URL", "value": redis_url(cfg, 2)}]
     container = {
         "name": "gateway", "image": cfg.image, "args": gateway_args(cfg),
         "ports": [{"name": "http", "containerPort": 8080}],
@@ -246,45 +249,6 @@ def worker_objects(cfg: KubernetesConfig) -> list[Manifest]:
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
          "metadata": _meta(cfg, "babeldesk-worker", "worker"),
          "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector("worker")}}},
-    ]
-
-
-def redis_objects(cfg: KubernetesConfig) -> list[Manifest]:
-    container = {
-        "name": "redis", "image": cfg.redis_image,
-        # append-only file, fsync every second, on the claim: sessions survive restarts
-        "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
-                 "--dir", "/data", "--requirepass", "$(REDIS_PASSWORD)"],
-        # redis-cli reads REDISCLI_AUTH: the probe authenticates without the password in args
-        "env": [_secret_env("REDIS_PASSWORD", "redis-password"),
-                _secret_env("REDISCLI_AUTH", "redis-password")],
-        "ports": [{"name": "redis", "containerPort": 6379}],
-        "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
-        "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                      "limits": {"memory": "1Gi"}},
-        "securityContext": _SECURE_CONTAINER,
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-    }
-    return [
-        {"apiVersion": "apps/v1", "kind": "StatefulSet",
-         "metadata": _meta(cfg, "babeldesk-redis", "redis"),
-         "spec": {
-             "serviceName": "babeldesk-redis", "replicas": 1,
-             "selector": {"matchLabels": _selector("redis")},
-             "template": {"metadata": {"labels": _labels(cfg, "redis")},
-                          "spec": {"securityContext": {**_SECURE_POD, "runAsUser": 999,
-                                                       "runAsGroup": 999, "fsGroup": 999},
-                                   "containers": [container]}},
-             "volumeClaimTemplates": [{
-                 "metadata": {"name": "data"},
-                 "spec": {"accessModes": ["ReadWriteOnce"],
-                          "resources": {"requests": {"storage": cfg.redis_storage}}}}],
-         }},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": _meta(cfg, "babeldesk-redis", "redis"),
-         "spec": {"selector": _selector("redis"),
-                  "ports": [{"name": "redis", "port": 6379, "targetPort": "redis"}]}},
     ]
 
 
@@ -387,6 +351,11 @@ def render(cfg: KubernetesConfig) -> list[Manifest]:
         *redis_objects(cfg), *gateway_objects(cfg), *worker_objects(cfg),
         *worker_autoscaler_objects(cfg), *monitoring_objects(cfg), *network_policies(cfg),
     ]
+
+
+def redis_objects(cfg: KubernetesConfig) -> list[Manifest]:
+    from babeldesk.autoscale.redis_objects import redis_objects as r  # it imports this module
+    return r(cfg)
 
 
 def network_policies(cfg: KubernetesConfig) -> list[Manifest]:
