@@ -48,6 +48,7 @@ from babeldesk.support.lexicon import (
     LEXICON_ONLY,
     WordEvidence,
     load_word_table,
+    loanwords,
     vocabulary_of,
     words,
 )
@@ -211,6 +212,7 @@ class DetectorWeights:
     # Added to a language whose only list is the product lexicon (lexicon.LEXICON_ONLY),
     # scored on the words that list has: the words it lacks are no evidence against it.
     lexicon_only: float = -1.5
+    loanwords: bool = True  # the lexicon's shop loanwords ("refund", "cod") count for no one
 
 
 DEFAULT_WEIGHTS = DetectorWeights()
@@ -234,7 +236,8 @@ class LanguageDetector:
         self._detector = LangDetector(LangDetectConfig(model="lite", max_input_length=max_chars))
         self._detector.detect("warm up", model="lite")  # loads the model now, not mid-request
         self._words = WordEvidence(load_word_table(SUPPORTED_LANGUAGES),
-                                   vocabulary_of(vocabulary or {}))
+                                   vocabulary_of(vocabulary or {}),
+                                   neutral=loanwords() if weights.loanwords else frozenset())
         self.weights = weights
         # Recurring questions arrive with the same text again and again (the answer
         # cache's whole premise): remember the last ``cache_size`` (text, prior) results.

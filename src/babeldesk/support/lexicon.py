@@ -50,6 +50,7 @@ import yaml
 log = logging.getLogger(__name__)
 
 LEXICON_FILE = "language_lexicon.yaml"
+LOANWORDS = "loanwords"  # the lexicon's list of words that speak for no language
 MIN_FREQUENCY_CB = 550  # wordfreq words down to 10**-5.5 (centibels: -100 * log10 f)
 HAND_FREQUENCY = 1e-3  # a product-lexicon word counts as a common word
 VOCABULARY_FREQUENCY = 1e-4  # a word of the shop's KB in that language
@@ -144,11 +145,22 @@ class WordTable:
                 for ok, a, b in zip(found, starts, ends)]
 
 
-def lexicon_words() -> dict[str, list[str]]:
-    """The product lexicon: language -> words, as written in ``data/language_lexicon.yaml``."""
+@functools.lru_cache(maxsize=1)
+def _lexicon_file() -> dict[str, tuple[str, ...]]:
     text = resources.files("babeldesk").joinpath("data", LEXICON_FILE).read_text("utf-8")
     data = yaml.safe_load(text) or {}
-    return {str(lang): str(value).split() for lang, value in data.items()}
+    return {str(key): tuple(str(value).split()) for key, value in data.items()}
+
+
+def lexicon_words() -> dict[str, list[str]]:
+    """The product lexicon: language -> words, as written in ``data/language_lexicon.yaml``."""
+    return {lang: list(items) for lang, items in _lexicon_file().items() if lang != LOANWORDS}
+
+
+def loanwords() -> frozenset[str]:
+    """The shop's loanwords (folded): words customers of every language type for the
+    shop's things ("refund", "tracking", "cod"), no evidence for or against a language."""
+    return frozenset(w for item in _lexicon_file().get(LOANWORDS, ()) for w in words(item))
 
 
 def vocabulary_of(texts: Mapping[str, Iterable[str]]) -> dict[str, dict[str, int]]:
@@ -170,8 +182,10 @@ class WordEvidence:
     words repeat far more than their messages do)."""
 
     def __init__(self, table: WordTable, overlay: Mapping[str, Mapping[str, int]] | None = None,
-                 positive_cap: float = POSITIVE_CAP, cache_size: int = 65536) -> None:
+                 positive_cap: float = POSITIVE_CAP, cache_size: int = 65536,
+                 neutral: frozenset[str] = frozenset()) -> None:
         self.table = table
+        self.neutral = neutral  # words that are no evidence (``loanwords()``)
         self.overlay = overlay or {}
         self.positive_cap = positive_cap
         self.languages = frozenset(table.languages) | {
@@ -199,6 +213,8 @@ class WordEvidence:
     def _evidence(self, token: str) -> tuple[float, tuple[tuple[str, float], ...]]:
         """One word: (evidence for the languages without it, ((language, its evidence
         minus that), ...) for the languages with it)."""
+        if token in self.neutral:
+            return 0.0, ()
         entry = self.table.lookup([token])[0]
         for lang, cb in self.overlay.get(token, {}).items():
             if cb < entry.get(lang, 65536):
