@@ -57,7 +57,7 @@ class WorkerProcess:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise TimeoutError(f"worker not ready:\n{self.log.read_text()}")
 
     def stop(self) -> int:
@@ -151,3 +151,28 @@ def webhook_receiver() -> Iterator[Callable[..., WebhookReceiver]]:
     yield make
     for receiver in made:
         receiver.close()
+
+
+# The longest files (2026-12-03, `--durations`, each over a minute of a 2-core machine)
+# run first. With `pytest -n 2 --dist loadfile` a file runs whole on one process, taken in
+# collection order, so a long file left to the end would run alone while the other core
+# idles; first, it runs beside the many short ones. Order only: every test still runs.
+LONG_FIRST = (
+    "tests/engine/test_transformers_backend.py",
+    "tests/integration/test_chaos.py",
+    "tests/engine/test_llm_engine.py",
+    "tests/benchmarks/test_static_embed.py",
+    "tests/gateway/test_support_api.py",
+    "tests/worker/test_backends.py",
+    "tests/worker/test_openai_sdk.py",
+    "tests/integration/test_client_errors.py",
+    "tests/integration/test_gateway_faults.py",
+    "tests/support/test_documents_pipeline.py",
+    "tests/integration/test_surfaces.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    # sort is stable: within a file, and among the other files, the order stays as collected
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -271,7 +271,7 @@ def test_dry_run_reads_a_real_prometheus(smol_worker: Any, tmp_path: Path) -> No
                     break
             except (httpx.HTTPError, ValueError):  # still starting
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)
         # the controller's default query is valid PromQL against the real series
         prom_query(prom_url, PrometheusQps.DEFAULT_QUERY)
         proc = subprocess.run(

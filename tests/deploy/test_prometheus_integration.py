@@ -72,7 +72,7 @@ class PrometheusProcess:
                     return
             except (httpx.HTTPError, AssertionError, ValueError):  # starting: 503, not JSON
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)
         raise TimeoutError(f"prometheus: {what}\n{self.log.read_text()}")
 
     def stop(self) -> None:

@@ -52,7 +52,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise TimeoutError(f"{url} not up:\n{log.read_text()}")
 
 
