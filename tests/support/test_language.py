@@ -142,6 +142,8 @@ UNHINTED = [
     ("gl", "Cando chegará o meu pedido? Xa paguei."),
     ("af", "Ek het nog nie my pakkie gekry nie"),
     ("ne", "मलाई पैसा फिर्ता चाहिन्छ, कहिले आउँछ?"),
+    ("pt", "blz, obg"),  # Brazilian chat abbreviations (before: nl, gl)
+    ("pt", "vlw, td certo"),
     ("en", "do you ship to canada"),
     ("en", "can i change my address"),
     ("en", "my card was charged twice"),
