@@ -41,8 +41,10 @@ EXCLUDED = [positive_data_acceptance]
 
 
 def fuzz(base_url: str, *, prepare: Callable[[Any], None] | None = None,
-         skip: Callable[[str], bool] = lambda label: False) -> tuple[list[str], int]:
-    """(failures, cases sent) for the app at ``base_url``."""
+         skip: Callable[[str], bool] = lambda label: False,
+         headers: dict[str, str] | None = None) -> tuple[list[str], int]:
+    """(failures, cases sent) for the app at ``base_url``; ``headers`` go with every
+    request (an operator key)."""
     schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
     failures: list[str] = []
     done = 0
@@ -61,7 +63,7 @@ def fuzz(base_url: str, *, prepare: Callable[[Any], None] | None = None,
                 done += 1
                 if prepare is not None:
                     prepare(case)
-                case.call_and_validate(base_url=base_url, timeout=60,
+                case.call_and_validate(base_url=base_url, timeout=60, headers=headers,
                                        additional_checks=[no_exception_text],
                                        excluded_checks=EXCLUDED)
 

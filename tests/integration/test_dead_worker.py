@@ -10,6 +10,9 @@ Before that rule, the same run gave 2 of 60 a 503 "retry budget exhausted".
 
 ``BABELDESK_DEAD_WORKER_RUNS`` (default 1) repeats each client count that many times,
 killing a different worker each time (the killed one is restarted before the next run).
+With ``BABELDESK_DEAD_WORKER_RUNS=10`` (2026-12-03, the shared 2-core machine, 7 min 22 s):
+20 of 20 passed, 10 at 8 clients and 10 at 16; 2-6 requests in flight on the victim at
+the kill, 3-33 failed calls on it, every one retried.
 """
 
 from __future__ import annotations

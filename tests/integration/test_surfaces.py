@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from tests.conftest import WorkerProcess, start_worker
+from tests.contract import fuzz
+from tests.gateway.test_fuzz_api import _short
 from tests.store.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -146,6 +148,19 @@ def test_operators_list_and_read_transcripts(stack: Stack) -> None:
     for bad in ("since=-1", "limit=0", "limit=x"):
         r = _call(url, "GET", "/v1/transcripts?" + bad, None, OPS)
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_the_gateway_in_front_of_workers_holds_its_contract(stack: Stack) -> None:
+    """schemathesis through ``babeldesk gateway`` with an operator key: the OpenAI
+    passthrough relays the worker's 4xx for whatever object it is sent (a client mistake,
+    never a breaker failure), the agent routes answer this key 403 as documented."""
+    failures, done = fuzz(stack.gateway.url, prepare=_short,
+                          headers={"authorization": f"Bearer {OPS}"})
+    assert done >= 100
+    assert not failures, "\n\n".join(failures)
+    ups = _call(stack.gateway.url, "GET", "/v1/admin/upstreams", None, OPS).json()["upstreams"]
+    for upstream in ups:  # no breaker opened on a client mistake
+        assert upstream["state"] == "closed" and upstream["usable"], upstream
 
 
 def test_the_contract_is_public(stack: Stack) -> None:
