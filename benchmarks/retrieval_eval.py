@@ -60,7 +60,6 @@ from babeldesk.knowledge.retrieve import (
     RetrievalConfig,
     Retriever,
     rank_documents,
-    relevance_signal,
 )
 from babeldesk.support.language import LanguageDetector
 from babeldesk.knowledge.matcher import MatcherConfig, load_anchors, normalize
@@ -224,17 +223,23 @@ def own_recall(corpus: Corpus, rows: Sequence[dict[str, Any]], name: str,
             "min_language": min(langs.values()) if langs else 0.0, "per_language": langs}
 
 
-def relevance(corpus: Corpus, rows: Sequence[dict[str, Any]], signal: str) -> np.ndarray:
-    """Per question, the relevance signal retrieve.py reads (Relevance)."""
+def relevance(corpus: Corpus, rows: Sequence[dict[str, Any]], signal: str,
+              neutral: bool = True) -> np.ndarray:
+    """Per question, the relevance signal retrieve.py reads (``Retriever.relevance``):
+    ``doc_gap`` over the ranking's cosines (language-neutral unless ``neutral`` is False:
+    an index without the matcher's neutralizer), the others over the plain cosines."""
+    index = corpus.index(IndexConfig(neutral=neutral))
+    retriever = Retriever(index, RetrievalConfig(relevance=Relevance(signal)))
     vectors = corpus.query_vectors([r["text"] for r in rows])
-    cos = vectors @ corpus.base.vectors.T  # [questions, chunks]
-    return np.array([relevance_signal(row, Relevance(signal)) for row in cos])
+    return np.array([retriever.relevance(index.score(r["text"], v, r["detected"]))[0]
+                     for r, v in zip(rows, vectors)])
 
 
 GRIDS = {Relevance.COSINE.value: np.round(np.arange(0.78, 0.921, 0.005), 3),
          Relevance.LIFT.value: np.round(np.arange(0.02, 0.161, 0.005), 3),
          Relevance.Z.value: np.round(np.arange(2.0, 8.01, 0.1), 2),
-         Relevance.GAP.value: np.round(np.arange(0.0, 0.101, 0.0025), 4)}
+         Relevance.GAP.value: np.round(np.arange(0.0, 0.101, 0.0025), 4),
+         Relevance.DOC_GAP.value: np.round(np.arange(0.0, 0.401, 0.001), 3)}
 
 
 def calibrate(cos: np.ndarray, rows: Sequence[dict[str, Any]], max_false: float,
@@ -261,11 +266,13 @@ def apply_threshold(cos: np.ndarray, rows: Sequence[dict[str, Any]],
     unanswerable = np.array([not r.get("doc") for r in rows])
     passed = cos >= threshold
     per_lang: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    false_lang: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r, p in zip(rows, passed):
-        if r.get("doc"):
-            per_lang[r["lang"]][0] += bool(p)
-            per_lang[r["lang"]][1] += 1
+        counts = per_lang if r.get("doc") else false_lang
+        counts[r["lang"]][0] += bool(p)
+        counts[r["lang"]][1] += 1
     return {"threshold": threshold,
+            "false_per_language": {k: [h, n] for k, (h, n) in sorted(false_lang.items())},
             "answered": round(float(passed[~unanswerable].mean()), 4) if (~unanswerable).any() else None,
             "false_answers": round(float(passed[unanswerable].mean()), 4) if unanswerable.any() else None,
             "answered_per_language": {k: round(h / n, 4) for k, (h, n) in sorted(per_lang.items())}}
@@ -394,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--openings", type=Path, default=DATA / "tau2_openings_translated.jsonl")
     ap.add_argument("--setting", default=None,
                     help="the setting for test/openings/timing (default: chosen on tune)")
-    ap.add_argument("--max-false", type=float, default=0.10,
+    ap.add_argument("--max-false", type=float, default=0.05,
                     help="threshold calibration: most unanswerable questions let through")
     ap.add_argument("--cache-dir", default=None, help="vector stores (default: "
                     "~/.cache/babeldesk/documents)")
@@ -448,7 +455,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         cal = max(cals.values(), key=lambda c: (c["chosen"]["answered"],
                                                 -c["chosen"]["false_answers"]))
         signal, threshold = cal["signal"], cal["chosen"]["threshold"]
-        results["tune"] = {"grid": grid, "calibration": cals,
+        # the same signal over plain cosines: the threshold for an index without the
+        # matcher's neutralizer (RetrievalConfig.plain_threshold)
+        plain = calibrate(relevance(demo, rows, signal, neutral=False), rows, args.max_false,
+                          signal)
+        print(f"relevance {signal} over plain cosines (no neutralizer): threshold "
+              f"{plain['chosen']['threshold']} answers {plain['chosen']['answered']:.1%}, lets "
+              f"through {plain['chosen']['false_answers']:.1%}")
+        at_tune = apply_threshold(relevance(demo, rows, signal), rows, threshold)
+        print("at it, per language: answered " + ", ".join(
+            f"{k} {v:.2f}" for k, v in at_tune["answered_per_language"].items())
+            + "; unanswerable let through " + ", ".join(
+            f"{k} {h}/{n}" for k, (h, n) in at_tune["false_per_language"].items()))
+        results["tune"] = {"grid": grid, "calibration": cals, "plain_calibration": plain,
+                           "chosen_gate": at_tune,
                            "relevance": {"signal": signal, "threshold": threshold},
                            "questions": len(rows)}
 
@@ -524,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rec = own_recall(demo, rows, chosen)
         base = own_recall(demo, rows, "dense plain")
         applied = apply_threshold(relevance(demo, rows, signal), rows, threshold)
+        # the gate before 2026-12-03 19:30 UTC (gap >= 0.0275, from 15 unanswerable
+        # tuning questions), beside it
+        before = apply_threshold(relevance(demo, rows, Relevance.GAP.value), rows, 0.0275)
         print(f"\n## own questions, TEST ({chosen}, relevance {signal} >= {threshold}; "
               f"nothing tuned here; 'dense plain' beside it)\n")
         detected = collections.Counter(r["lang"] for r in rows if r["detected"] == r["lang"])
@@ -536,8 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"all: recall@5 {rec['recall@5']:.3f}, recall@1 {rec['recall@1']:.3f}; "
               f"answered {applied['answered']}, unanswerable let through "
               f"{applied['false_answers']}")
+        print("unanswerable let through per language (let through / unanswerable): "
+              + ", ".join(f"{k} {h}/{n}" for k, (h, n) in applied["false_per_language"].items()))
+        print(f"the gate before (gap >= 0.0275): answered {before['answered']}, unanswerable "
+              f"let through {before['false_answers']}")
         results["test"] = {"setting": chosen, "recall": rec, "dense_plain": base,
-                           "threshold": applied, "relevance": signal, "questions": len(rows)}
+                           "threshold": applied, "relevance": signal, "questions": len(rows),
+                           "gate_before": before}
 
     if "openings" in parts and tau2_corpus is not None and args.openings.exists():
         scorer = tau2_scorer(args.tau2)

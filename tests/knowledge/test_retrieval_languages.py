@@ -73,7 +73,7 @@ def test_language_neutral_ranking_finds_the_english_article_for_a_german_questio
     assert langs == {**{d: "de" for d in GERMAN}, **{d: "en" for d in ENGLISH}}
     for question, article in QUESTIONS.items():
         assert retriever.rank_documents(question, 1, lang="de")[0] == article, question
-    # the relevance gate still reads the plain cosines
+    # Scored.dense keeps the plain cosines (Scored.ranking: the neutral ones)
     scored = retriever.index.score("Wie lange ist ein Gutschein gültig?", lang="de")
     assert np.allclose(scored.dense, retriever.index.vectors @ retriever.index.embed_query(
         "Wie lange ist ein Gutschein gültig?"), atol=1e-5)

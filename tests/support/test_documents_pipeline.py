@@ -23,9 +23,16 @@ from babeldesk.telemetry.metrics import Metrics
 pytestmark = pytest.mark.slow
 
 GIFT_URL = "https://help.pinecone-market.example/gift-cards"
-GIFT_QUESTION = "¿Caducan las tarjetas regalo?"  # only the article says (3 years)
+# only the article says (3 years). It was "¿Caducan las tarjetas regalo?" until the
+# relevance gate was recalibrated on near misses (2026-12-03): that shorter question sits
+# below the new threshold and is handed off
+GIFT_QUESTION = "¿La tarjeta regalo tiene fecha de caducidad?"
 SIZE_QUESTION = "What size duvet do I need for a double bed?"
 UNCOVERED = "Can I rent a bicycle from you for a weekend trip?"
+# near misses of an article's topic (cookware care; knife and board care) that no article
+# answers, written for this test; the gate before 2026-12-03 let both through
+NEAR_MISSES = {"Is the coating of your frying pans made with PFOA?": "en",
+               "Wie entferne ich Kerzenwachs von der Tischdecke?": "de"}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +111,17 @@ def test_a_question_no_article_covers_is_handed_off(kb_and_matcher, engine,
     assert reply.source == "handoff" and reply.handoff == {"reason": "low_confidence"}
     assert reply.sources == ()
     assert reply.reply == kb_and_matcher[0].answer("contact_human", "en")
+
+
+@pytest.mark.parametrize("question", NEAR_MISSES)
+def test_a_near_miss_no_article_answers_is_handed_off(kb_and_matcher, engine, help_center,
+                                                      question: str) -> None:
+    folder, store = help_center
+    retriever, _ = open_help_center(folder, store_dir=store)
+    reply = ask(pipeline(kb_and_matcher, engine, retriever), question)
+    assert reply.source == "handoff" and reply.handoff == {"reason": "low_confidence"}, reply
+    assert reply.sources == () and reply.language == NEAR_MISSES[question]
+    assert reply.reply == kb_and_matcher[0].answer("contact_human", NEAR_MISSES[question])
 
 
 def test_editing_an_article_changes_its_answers_and_only_those(kb_and_matcher, engine,

@@ -84,9 +84,9 @@ class SupportConfig:
     # help-center articles (<kb>/docs/): when no intent is sure, the model answers from the
     # retrieved passages, or the conversation is handed off (knowledge/retrieve.py)
     docs: bool = True
-    # relevance gate: the best passage's cosine minus the 10th best's, below which no
-    # passage is relevant (a handoff); None: the value calibrated on the tuning questions
-    # (knowledge.retrieve.RetrievalConfig, 0.0275)
+    # relevance gate: the best article's language-neutral cosine minus the 5th best
+    # article's, below which no passage is relevant (a handoff); None: the value
+    # calibrated on the tuning questions (knowledge.retrieve.RetrievalConfig, 0.181)
     docs_threshold: float | None = None
     docs_passages: int = 3  # passages in the prompt
     docs_max_file_mb: float = 5.0  # larger articles are refused at load

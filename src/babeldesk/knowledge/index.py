@@ -15,7 +15,8 @@ vectors (``knowledge/neutral.py``: the question's language mean and each chunk's
 language mean removed, the matcher's neutralizer), so a German question is not pulled
 towards the German articles whatever it asks; and BM25 counts only for chunks in the
 question's language (``bm25_same_language``), where shared words mean shared content.
-The relevance gate (retrieve.py) keeps reading the plain cosine (``Scored.dense``).
+``Scored.dense`` keeps the plain cosines and ``Scored.ranking`` the ones the ranking read;
+the relevance gate (retrieve.py) reads the latter.
 
 Vectors are kept on disk per embedder in ``<cache_dir>/<embedder>/<store>.npz``, keyed by
 ``Chunk.hash``: a rebuild embeds only chunks whose hash is not there (an edited section, a
@@ -108,8 +109,11 @@ class Scored:
     """Scores of every chunk for one query, aligned with ``DocumentIndex.chunks``."""
 
     fused: np.ndarray  # float32 [n]
-    dense: np.ndarray  # float32 [n], cosine (plain e5 vectors: the relevance gate's)
+    dense: np.ndarray  # float32 [n], cosine between the plain e5 vectors
     bm25: np.ndarray  # float32 [n], raw BM25
+    # float32 [n], the cosine the ranking reads: language-neutral when the index ranks
+    # across languages (DocumentIndex.neutral), else ``dense``
+    ranking: np.ndarray
 
 
 class Tokenizer:
@@ -210,6 +214,12 @@ class DocumentIndex:
     def __len__(self) -> int:
         return len(self.chunks)
 
+    @property
+    def neutral(self) -> bool:
+        """Whether questions rank by language-neutral cosines (``IndexConfig.neutral``
+        and a neutralizer given to ``use_languages``)."""
+        return self.config.neutral and self._neutral_vectors is not None
+
     def embed_query(self, text: str) -> np.ndarray:
         return np.asarray(self.embedder.embed([text])[0], dtype=np.float32)
 
@@ -220,16 +230,16 @@ class DocumentIndex:
         n = len(self.chunks)
         if n == 0:
             empty = np.zeros(0, np.float32)
-            return Scored(empty, empty, empty)
+            return Scored(empty, empty, empty, empty)
         cfg = self.config
         qv = self.embed_query(text) if query_vector is None else query_vector
         dense = (self.vectors @ qv).astype(np.float32)  # [n]
         ranking = dense
-        if cfg.neutral and self._neutral_vectors is not None and self.neutralizer is not None:
+        if self.neutral and self._neutral_vectors is not None and self.neutralizer is not None:
             neutral_q = self.neutralizer.transform(qv[None, :], [lang])[0]
             ranking = (self._neutral_vectors @ neutral_q).astype(np.float32)
         if cfg.fusion is Fusion.DENSE:
-            return Scored(ranking, dense, np.zeros(n, np.float32))
+            return Scored(ranking, dense, np.zeros(n, np.float32), ranking)
         bm25 = self.bm25_scores(text)
         if cfg.bm25_same_language and lang is not None and self._language_array is not None:
             bm25 = np.where(self._language_array == lang, bm25, 0.0).astype(np.float32)
@@ -240,7 +250,7 @@ class DocumentIndex:
         else:
             fused = (cfg.dense_weight * _standard(ranking)
                      + (1.0 - cfg.dense_weight) * _standard(bm25))
-        return Scored(fused.astype(np.float32), dense, bm25)
+        return Scored(fused.astype(np.float32), dense, bm25, ranking)
 
     def bm25_scores(self, text: str) -> np.ndarray:
         """Raw BM25 of every chunk: float32 [n]."""
