@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from babeldesk.edge.bodies import decode_json_body, read_body
 from babeldesk.edge.errors import install_error_handlers
@@ -26,6 +26,7 @@ from tests.contract import fuzz
 
 
 class Order(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     quantity: int = Field(ge=0, le=100)
     note: str = ""
 
@@ -40,12 +41,14 @@ def planted(leak: bool) -> FastAPI:
         if not isinstance(data, dict):
             raise InvalidRequest("request body must be a JSON object")
         q = data.get("quantity")
-        if not isinstance(q, int):
-            raise InvalidRequest("quantity: an integer")
+        if not isinstance(q, int) or isinstance(q, bool) or not 0 <= q <= 100:
+            raise InvalidRequest("quantity: an integer from 0 to 100")
+        if not isinstance(data.get("note", ""), str) or set(data) - {"quantity", "note"}:
+            raise InvalidRequest("note: a string; no other fields")
         if leak and data.get("note"):  # a handler that echoes an exception's text
             return JSONResponse({"error": {"type": "x", "message": "ValueError: bad note"}},
                                 status_code=400)
-        return {"total": 100 // (q - 7) if not leak else q}  # q == 7: ZeroDivisionError, 500
+        return {"total": q if leak or q <= 50 else q // 0}  # q > 50: ZeroDivisionError, 500
 
     async def hot(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         await JSONResponse({"ok": True})(scope, receive, send)
