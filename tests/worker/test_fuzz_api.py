@@ -7,13 +7,12 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import WorkerProcess
-from tests.contract import fuzz
-from tests.gateway.test_fuzz_api import _short
+from tests.contract import fuzz, short_generations
 
 pytestmark = pytest.mark.slow
 
 
 def test_every_worker_operation_holds_its_contract(smol_worker: WorkerProcess) -> None:
-    failures, done = fuzz(smol_worker.url, prepare=_short)
+    failures, done = fuzz(smol_worker.url, prepare=short_generations)
     assert done >= 20  # cases sent
     assert not failures, "\n\n".join(failures)
