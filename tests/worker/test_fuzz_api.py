@@ -4,12 +4,23 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.conftest import WorkerProcess
 from tests.contract import fuzz, short_generations
 
 pytestmark = pytest.mark.slow
+
+
+def test_the_contract_has_the_chat_body(smol_worker: WorkerProcess) -> None:
+    doc = httpx.get(smol_worker.url + "/openapi.json").json()
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["messages"]
+    seed = body["properties"]["seed"]["anyOf"][0]  # {"seed": -1} is a documented 400
+    assert seed["type"] == "integer" and seed["minimum"] == 0
+    assert "text/event-stream" in chat["responses"]["200"]["content"]
 
 
 def test_every_worker_operation_holds_its_contract(smol_worker: WorkerProcess) -> None:
