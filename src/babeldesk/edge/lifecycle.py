@@ -1,5 +1,7 @@
-"""An app's life: its ``Phase``, the heap frozen once loading is done, and the draining
-uvicorn server (plain uvicorn: no patch of its internals)."""
+"""An app's life: its ``Phase`` and what it serves (``AppState``, shared by worker and
+gateway), the heavy parts loaded on a thread (``start_loading``), the heap frozen once
+loading is done, and the draining uvicorn server (plain uvicorn: no patch of its
+internals)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import uvicorn
 
-from babeldesk.errors import BabeldeskError
+from babeldesk.config import Config
+from babeldesk.errors import BabeldeskError, Unavailable
+from babeldesk.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,31 @@ class Phase(str, enum.Enum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
+
+
+T = TypeVar("T")
+
+
+class AppState(Generic[T]):
+    """What an app serves (the worker: its engine; the gateway: the support pipeline) and
+    where it is in its life; filled in by the loader thread."""
+
+    name: ClassVar[str] = "app"
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.phase = Phase.LOADING
+        self.error: str | None = None  # the failed load's exception type; the cause is logged
+        self.served: T | None = None
+
+    def require(self) -> T:
+        """What the app serves, or a 503 a balancer retries elsewhere."""
+        if self.phase == Phase.DRAINING:
+            raise Unavailable(f"{self.name} is draining", retry_after=1)
+        if self.served is None or self.phase != Phase.READY:
+            raise Unavailable(f"{self.name} is {self.phase.value}", retry_after=5)
+        return self.served
 
 
 def freeze_heap() -> None:
@@ -77,3 +106,27 @@ def start_up_failed(server: uvicorn.Server, logger: logging.Logger, exc: BaseExc
     else:
         logger.error("start-up failed", exc_info=exc)
     server.should_exit = True
+
+
+def start_loading(state: AppState[Any], load: Callable[[], str], server: uvicorn.Server,
+                  logger: logging.Logger) -> threading.Thread:
+    """Build an app's heavy parts on a thread (worker, ``serve`` and ``gateway`` alike).
+    When ``load`` returns its ready line: the heap is frozen, the app turns READY (unless a
+    SIGTERM has it draining already) and the line is logged. When it raises: FAILED, and
+    the process stops (``start_up_failed``: exit 1, the cause in one log line)."""
+
+    def run() -> None:
+        try:
+            ready = load()
+            freeze_heap()
+            if state.phase == Phase.LOADING:
+                state.phase = Phase.READY
+            logger.info("%s", ready)
+        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
+            state.error = type(exc).__name__
+            state.phase = Phase.FAILED
+            start_up_failed(server, logger, exc)
+
+    thread = threading.Thread(target=run, name="load", daemon=True)
+    thread.start()
+    return thread

@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from babeldesk.config import Config
 from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface, is_loopback
 from babeldesk.edge.errors import install_error_handlers
-from babeldesk.edge.lifecycle import Phase
+from babeldesk.edge.lifecycle import AppState, Phase
 from babeldesk.edge.openapi import SSE_SCHEMA, content, json_body, publish_openapi
 from babeldesk.edge.ratelimit import Limiter, RateLimit
 from babeldesk.edge.stack import EdgeApp
-from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound, Unavailable
+from babeldesk.errors import BabeldeskError, InvalidRequest, NotFound
 from babeldesk.gateway.hot import SUPPORT_PATH, support_endpoint
 from babeldesk.store import Turn
 from babeldesk.support.language import accept_language as language_of_header
@@ -40,25 +40,24 @@ log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
-class GatewayState:
-    """What the app serves; filled in by the loader thread."""
+class GatewayState(AppState[SupportPipeline]):
+    """What the app serves (the support pipeline once built), its limits and checks."""
+
+    name = "gateway"
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
-        self.config = config
-        self.metrics = metrics
+        super().__init__(config, metrics)
         self.limiter = Limiter(config.limits, metrics)  # per IP / session / operator key
-        self.phase = Phase.LOADING
-        self.error: str | None = None
-        self.pipeline: SupportPipeline | None = None
         self.ready_check: Callable[[], bool] = lambda: True  # e.g. the fleet has a worker
         self.admin: Callable[[], dict[str, Any]] | None = None  # GET /v1/admin/upstreams
 
-    def require(self) -> SupportPipeline:
-        if self.phase == Phase.DRAINING:
-            raise Unavailable("gateway is draining", retry_after=1)
-        if self.pipeline is None or self.phase != Phase.READY:
-            raise Unavailable(f"gateway is {self.phase.value}", retry_after=5)
-        return self.pipeline
+    @property
+    def pipeline(self) -> SupportPipeline | None:
+        return self.served
+
+    @pipeline.setter
+    def pipeline(self, pipeline: SupportPipeline | None) -> None:
+        self.served = pipeline
 
 
 class SupportBody(BaseModel):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
 from babeldesk.types import ChatModel
 from babeldesk.edge.errors import unavailable_until_mounted
-from babeldesk.edge.lifecycle import DrainingServer, freeze_heap, start_up_failed
+from babeldesk.edge.lifecycle import DrainingServer, start_loading
 
 log = logging.getLogger("babeldesk.gateway")
 
@@ -153,30 +152,6 @@ def load_help_center(config: Config, embedder: Any = None) -> Retriever:
     return retriever
 
 
-def _start_loading(state: GatewayState, load: Callable[[], str],
-                   server: uvicorn.Server) -> threading.Thread:
-    """Build the heavy parts on a thread (``serve`` and ``gateway`` alike). When ``load``
-    returns its ready line: the heap is frozen, the app turns READY (unless a SIGTERM has
-    it draining already) and the line is logged. When it raises: FAILED, and the process
-    stops (``start_up_failed``: exit 1, the cause in one log line)."""
-
-    def run() -> None:
-        try:
-            ready = load()
-            freeze_heap()
-            if state.phase == Phase.LOADING:
-                state.phase = Phase.READY
-            log.info("%s", ready)
-        except Exception as exc:  # noqa: BLE001 - any start-up failure stops the process (exit 1)
-            state.error = type(exc).__name__
-            state.phase = Phase.FAILED
-            start_up_failed(server, log, exc)
-
-    thread = threading.Thread(target=run, name="load", daemon=True)
-    thread.start()
-    return thread
-
-
 def _server(app: FastAPI, state: GatewayState, config: Config, *,
             busy_extra: Any = None) -> DrainingServer:
     gw = config.gateway
@@ -238,7 +213,7 @@ def run_serve(config: Config) -> int:
 
     @app.on_event("startup")
     async def _start() -> None:
-        _start_loading(state, load, server)
+        start_loading(state, load, server, log)
         start_gpu_sampler(metrics)
 
     def engine_busy() -> int:
@@ -280,7 +255,7 @@ def run_gateway(config: Config, upstream_model: str) -> int:
     @app.on_event("startup")
     async def _start() -> None:
         await fleet.start()
-        _start_loading(state, load, server)
+        start_loading(state, load, server, log)
 
     @app.on_event("shutdown")
     async def _stop() -> None:

@@ -10,15 +10,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from babeldesk.config import Config
 from babeldesk.edge.auth import KeyRing, OperatorAuth, Rule, Scope, Surface
 from babeldesk.engine.llm_engine import Engine
 from babeldesk.worker.openai_api import OPENAI_PATHS, mount_openai
-from babeldesk.errors import Unavailable
 from babeldesk.telemetry.http import MetricsMiddleware
-from babeldesk.telemetry.metrics import CONTENT_TYPE, Metrics
+from babeldesk.telemetry.metrics import CONTENT_TYPE
 from babeldesk.edge.errors import install_error_handlers, unavailable_until_mounted
-from babeldesk.edge.lifecycle import Phase
+from babeldesk.edge.lifecycle import AppState, Phase
 from babeldesk.edge.openapi import content, publish_openapi
 
 log = logging.getLogger(__name__)
@@ -27,20 +25,18 @@ log = logging.getLogger(__name__)
 WORKER_SURFACE = Surface([Rule("/v1/", Scope.CHAT)], default=None)
 
 
-class WorkerState:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.phase = Phase.LOADING
-        self.engine: Engine | None = None
-        self.error: str | None = None
+class WorkerState(AppState[Engine]):
+    """The worker's engine once loaded, and its phase."""
 
-    def require_engine(self) -> Engine:
-        if self.phase == Phase.DRAINING:
-            raise Unavailable("worker is draining", retry_after=1)
-        if self.engine is None or self.phase != Phase.READY:
-            raise Unavailable(f"worker is {self.phase.value}", retry_after=5)
-        return self.engine
+    name = "worker"
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.served
+
+    @engine.setter
+    def engine(self, engine: Engine | None) -> None:
+        self.served = engine
 
 
 def create_app(state: WorkerState) -> FastAPI:
@@ -49,7 +45,7 @@ def create_app(state: WorkerState) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.state.worker = state
 
-    unavailable_until_mounted(app, OPENAI_PATHS, state.require_engine)
+    unavailable_until_mounted(app, OPENAI_PATHS, state.require)
     key = state.config.worker.api_key
     if key:  # the fleet sends it (fleet.api_key); probes and scrapes need none
         app.add_middleware(OperatorAuth, keys=KeyRing.single(key, "fleet", {Scope.CHAT}),
@@ -81,5 +77,5 @@ def create_app(state: WorkerState) -> FastAPI:
 def mount_engine(app: FastAPI, state: WorkerState, engine: Engine) -> None:
     """Called once the model is loaded: add the OpenAI routes over the engine."""
     cfg = state.config
-    mount_openai(app, engine, state.require_engine, max_body_bytes=cfg.worker.max_body_bytes,
+    mount_openai(app, engine, state.require, max_body_bytes=cfg.worker.max_body_bytes,
                  configured_name=cfg.engine.model)

@@ -8,7 +8,6 @@ exits 0. A second signal stops at once. A model that fails to load stops it with
 from __future__ import annotations
 
 import logging
-import threading
 
 import uvicorn
 
@@ -16,7 +15,7 @@ from babeldesk.config import Config
 from babeldesk.engine.loader import load_engine
 from babeldesk.telemetry.gpu import start_gpu_sampler
 from babeldesk.telemetry.metrics import EngineMetrics, Metrics
-from babeldesk.edge.lifecycle import DrainingServer, freeze_heap, start_up_failed
+from babeldesk.edge.lifecycle import DrainingServer, start_loading
 from babeldesk.worker.app import Phase, WorkerState, create_app, mount_engine
 
 log = logging.getLogger("babeldesk.worker")
@@ -28,24 +27,16 @@ def run_worker(config: Config) -> int:
     state = WorkerState(config, metrics)
     app = create_app(state)
 
-    def _load() -> None:
-        try:
-            engine = load_engine(config.engine, EngineMetrics(metrics))
-            engine.start()
-            mount_engine(app, state, engine)
-            state.engine = engine
-            freeze_heap()
-            if state.phase == Phase.LOADING:
-                state.phase = Phase.READY
-            log.info("ready: %s on %s", engine.model_name, engine.backend.name)
-        except Exception as exc:  # noqa: BLE001 - any load failure stops the worker (exit 1)
-            state.error = str(exc)
-            state.phase = Phase.FAILED
-            start_up_failed(server, log, exc)
+    def load() -> str:
+        engine = load_engine(config.engine, EngineMetrics(metrics))
+        engine.start()
+        mount_engine(app, state, engine)
+        state.engine = engine
+        return f"ready: {engine.model_name} on {engine.backend.name}"
 
     @app.on_event("startup")
-    async def _start_loading() -> None:
-        threading.Thread(target=_load, name="load-model", daemon=True).start()
+    async def _start() -> None:
+        start_loading(state, load, server, log)
         start_gpu_sampler(metrics)
 
     ucfg = uvicorn.Config(
