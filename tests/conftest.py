@@ -154,9 +154,10 @@ def webhook_receiver() -> Iterator[Callable[..., WebhookReceiver]]:
 
 
 # The longest files (2026-12-03, `--durations`, each over a minute of a 2-core machine)
-# run first. With `pytest -n 2 --dist loadfile` a file runs whole on one process, taken in
-# collection order, so a long file left to the end would run alone while the other core
-# idles; first, it runs beside the many short ones. Order only: every test still runs.
+# run first. With `pytest -n 2 --dist loadfile --no-loadscope-reorder` a file runs whole
+# on one process, taken in collection order (xdist's default reorder would put files with
+# many short tests first), so a long file left to the end would run alone while the other
+# core idles; first, it runs beside the many short ones. Order only: every test runs.
 LONG_FIRST = (
     "tests/engine/test_transformers_backend.py",
     "tests/integration/test_chaos.py",

@@ -60,17 +60,20 @@ class Stack:
         return next(sid for sid in (f"{prefix}-{i}" for i in range(1000))
                     if ring_home(self.urls, sid) == self.worker.url)
 
-    def support_session_on_faulty(self) -> str:
+    def support_session_on(self, url: str) -> str:
         """A support session (created by a knowledge-base question, no model call) homed
-        on the faulty server."""
+        on ``url``."""
         for _ in range(40):
             r = self.client.post("/v1/support/messages",
                                  json={"message": "How long does delivery take?"})
             r.raise_for_status()
             sid = r.json()["session_id"]
-            if ring_home(self.urls, sid) == self.faulty.url:
+            if ring_home(self.urls, sid) == url:
                 return str(sid)
-        raise AssertionError("no support session landed on the faulty server")
+        raise AssertionError(f"no support session landed on {url}")
+
+    def support_session_on_faulty(self) -> str:
+        return self.support_session_on(self.faulty.url)
 
     def chat(self, sid: str, *, stream: bool) -> httpx.Response:
         body = {"model": MODEL, "max_tokens": 4, "temperature": 0, "stream": stream,
@@ -234,6 +237,12 @@ def test_a_client_that_hangs_up_stops_the_generation_on_the_worker(stack) -> Non
 def test_support_message_past_a_hung_upstream(stack) -> None:
     """A non-streamed support message: the hang is retried on the worker; the customer
     gets a model answer and never hears of it."""
+    # the support prompt's first prefill on the worker, done here untimed: on a loaded
+    # machine a cold prefill can outlast FIRST_BYTE_S, and the retry would then be timed out
+    warm = stack.client.post("/v1/support/messages", json={
+        "session_id": stack.support_session_on(stack.worker.url),
+        "message": "Tell me one short fact about rivers."})
+    assert warm.status_code == 200, warm.text
     sid = stack.support_session_on_faulty()
     stack.faulty.mode = "hang"
     r, tried = _tried(stack, lambda: stack.client.post("/v1/support/messages", json={
