@@ -24,6 +24,7 @@ from babeldesk.edge.ratelimit import Limiter
 from babeldesk.errors import RateLimited
 from babeldesk.store import Turn, open_answer_cache, open_event_bus, open_session_store
 from tests.conftest import free_port
+from tests.store import ops
 
 OPENSSL = shutil.which("openssl")
 REDIS = shutil.which("redis-server")
@@ -93,8 +94,8 @@ def test_babeldesk_clients_use_the_rendered_urls(tls_redis: tuple[int, Path]) ->
     async def run() -> None:
         cfg = StoreConfig(cache_url=_url(port, tmp, 0), sessions_url=_url(port, tmp, 1))
         sessions = open_session_store(cfg)
-        sid = await sessions.create()
-        await sessions.append(sid, Turn("user", "hola"))
+        sid = await ops.create(sessions)
+        await ops.append(sessions, sid, Turn("user", "hola"))
         assert [t.text for t in (await sessions.transcript(sid)).turns] == ["hola"]
         await sessions.ping()
         cache = open_answer_cache(cfg)

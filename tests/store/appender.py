@@ -3,7 +3,7 @@
     python appender.py URL SESSION_ID WRITER N GO_FILE
 
 Connects, touches GO_FILE's sibling "ready-<WRITER>", waits (at most 30 s) until GO_FILE
-exists, then appends turns "<WRITER>-<i>" one after
+exists, then appends turns (``record``, the product's write) "<WRITER>-<i>" one after
 another, printing i once the append is acknowledged. Stops quietly at the first
 ``Unavailable`` (the store is down), so a test can kill the backend mid-way.
 """
@@ -33,7 +33,7 @@ async def main(url: str, session_id: str, writer: str, n: int, go: Path) -> None
         await asyncio.sleep(0.01)
     try:
         for i in range(n):
-            await store.append(session_id, Turn("user", f"{writer}-{i}", language="en"))
+            await store.record(session_id, [Turn("user", f"{writer}-{i}", language="en")])
             print(i, flush=True)
     except Unavailable as exc:
         print(f"stopped: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ from babeldesk.store import (
 )
 from tests.clock import Clock
 
+from . import ops
 from .redis_server import RedisServer, release, run_appenders, start_appenders
 
 pytestmark = pytest.mark.slow
@@ -94,18 +95,18 @@ async def test_redis_down_bypasses_the_cache_then_recovers(redis_server: RedisSe
 async def test_redis_down_sessions_answer_503_not_a_lost_turn(redis_server: RedisServer) -> None:
     store = open_session_store(config(redis_server, retry_after_s=7.0))
     try:
-        sid = await store.create()
-        await store.append(sid, Turn("user", "first"))
+        sid = await ops.create(store)
+        await ops.append(store, sid, Turn("user", "first"))
         redis_server.kill()
         with pytest.raises(Unavailable) as err:
-            await store.append(sid, Turn("user", "second"))
+            await ops.append(store, sid, Turn("user", "second"))
         assert err.value.status == 503 and err.value.retry_after == 7.0
         with pytest.raises(Unavailable):
             await store.transcript(sid)
         with pytest.raises(Unavailable):
             await store.ping()
         redis_server.start()
-        await store.append(sid, Turn("user", "second, retried"))
+        await ops.append(store, sid, Turn("user", "second, retried"))
         texts = [t.text for t in (await store.transcript(sid)).turns]
         assert texts == ["first", "second, retried"]
     finally:
@@ -116,7 +117,7 @@ async def test_two_processes_append_to_one_session(redis_server: RedisServer,
                                                    tmp_path: Path) -> None:
     store = open_session_store(config(redis_server))
     try:
-        sid = await store.create()
+        sid = await ops.create(store)
         n = 150
         acked = run_appenders(redis_server.url, sid, ["a", "b"], n, tmp_path)
         assert acked == [list(range(n)), list(range(n))]
@@ -135,8 +136,8 @@ async def test_kill_9_and_restart_with_aof_loses_no_acknowledged_turn(
         redis_server: RedisServer, tmp_path: Path) -> None:
     store = open_session_store(config(redis_server))
     try:
-        sid = await store.create()
-        await store.set_language(sid, "pt")
+        sid = await ops.create(store)
+        await ops.set_language(store, sid, "pt")
         go = tmp_path / "go"
         procs = start_appenders(redis_server.url, sid, ["a", "b"], 100_000, go)
         try:

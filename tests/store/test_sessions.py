@@ -12,14 +12,16 @@ from babeldesk.errors import InvalidRequest, NotFound
 from babeldesk.store import SessionStore, Turn, open_session_store
 from tests.clock import Clock
 
+from . import ops
+
 
 async def test_turns_come_back_in_order_with_every_field(store: SessionStore) -> None:
-    sid = await store.create()
+    sid = await ops.create(store)
     user = Turn("user", "¿Cuándo llega mi reembolso?", language="es", time=1_700_000_000.5)
     bot = Turn("assistant", "En 5 a 7 días hábiles.", language="es", source="knowledge_base",
                intent="refund_status", confidence=0.93, time=1_700_000_001.25)
-    assert await store.append(sid, user) == 1
-    assert await store.append(sid, bot) == 2
+    assert await ops.append(store, sid, user) == 1
+    assert await ops.append(store, sid, bot) == 2
     transcript = await store.transcript(sid)
     assert transcript.session_id == sid
     assert transcript.turns == (user, bot)
@@ -36,60 +38,60 @@ async def test_turns_come_back_in_order_with_every_field(store: SessionStore) ->
 
 
 async def test_last_n_turns(store: SessionStore) -> None:
-    sid = await store.create()
+    sid = await ops.create(store)
     for i in range(5):
-        await store.append(sid, Turn("user", f"message {i}"))
+        await ops.append(store, sid, Turn("user", f"message {i}"))
     last = await store.transcript(sid, last=2)
     assert [t.text for t in last.turns] == ["message 3", "message 4"]
     assert len((await store.transcript(sid, last=50)).turns) == 5
 
 
 async def test_create_with_an_id_is_idempotent(store: SessionStore) -> None:
-    assert await store.create("abc123") == "abc123"
-    await store.append("abc123", Turn("user", "hello"))
-    assert await store.create("abc123") == "abc123"
+    assert await ops.create(store, "abc123") == "abc123"
+    await ops.append(store, "abc123", Turn("user", "hello"))
+    assert await ops.create(store, "abc123") == "abc123"
     assert len((await store.transcript("abc123")).turns) == 1
-    assert await store.create() != await store.create()
+    assert await ops.create(store) != await ops.create(store)
 
 
 async def test_unknown_session_is_not_found(store: SessionStore) -> None:
-    assert not await store.exists("nope")
+    assert not await ops.exists(store, "nope")
     with pytest.raises(NotFound) as err:
         await store.transcript("nope")
     assert err.value.status == 404
     with pytest.raises(NotFound):
-        await store.append("nope", Turn("user", "hi"))
+        await ops.append(store, "nope", Turn("user", "hi"))
     with pytest.raises(NotFound):
         await store.delete("nope")
     with pytest.raises(NotFound):
-        await store.mark_handoff("nope", "asked_for_human")
+        await ops.mark_handoff(store, "nope", "asked_for_human")
     with pytest.raises(NotFound):
-        await store.get_language("nope")
+        await ops.language(store, "nope")
 
 
 async def test_delete_erases_the_session(store: SessionStore) -> None:
-    sid = await store.create()
-    await store.append(sid, Turn("user", "delete me"))
-    await store.set_language(sid, "de")
+    sid = await ops.create(store)
+    await ops.append(store, sid, Turn("user", "delete me"))
+    await ops.set_language(store, sid, "de")
     await store.delete(sid)
-    assert not await store.exists(sid)
+    assert not await ops.exists(store, sid)
     with pytest.raises(NotFound):
         await store.transcript(sid)
     # the same id starts empty if created again
-    await store.create(sid)
+    await ops.create(store, sid)
     again = await store.transcript(sid)
     assert again.turns == () and again.language is None
 
 
 async def test_handoff_and_language_lock(store: SessionStore) -> None:
-    sid = await store.create()
-    assert await store.get_language(sid) is None
-    await store.set_language(sid, "ja")
-    assert await store.get_language(sid) == "ja"
-    await store.set_language(sid, None)
-    assert await store.get_language(sid) is None
-    await store.set_language(sid, "ko")
-    await store.mark_handoff(sid, "repeated_failure")
+    sid = await ops.create(store)
+    assert await ops.language(store, sid) is None
+    await ops.set_language(store, sid, "ja")
+    assert await ops.language(store, sid) == "ja"
+    await ops.set_language(store, sid, None)
+    assert await ops.language(store, sid) is None
+    await ops.set_language(store, sid, "ko")
+    await ops.mark_handoff(store, sid, "repeated_failure")
     transcript = await store.transcript(sid)
     assert transcript.language == "ko"
     assert transcript.handoff_reason == "repeated_failure"
@@ -98,8 +100,9 @@ async def test_handoff_and_language_lock(store: SessionStore) -> None:
 
 
 async def test_stored_text_is_redacted_when_on(store: SessionStore) -> None:
-    sid = await store.create()
-    await store.append(sid, Turn("user", "mail me at anna@example.de, card 4111 1111 1111 1111"))
+    sid = await ops.create(store)
+    await ops.append(store, sid,
+                     Turn("user", "mail me at anna@example.de, card 4111 1111 1111 1111"))
     (turn,) = (await store.transcript(sid)).turns
     assert turn.text == "mail me at [email], card [card]"
 
@@ -107,8 +110,8 @@ async def test_stored_text_is_redacted_when_on(store: SessionStore) -> None:
 async def test_redaction_off_stores_text_as_is(sessions_url: str) -> None:
     store = open_session_store(StoreConfig(sessions_url=sessions_url, redact=False))
     try:
-        sid = await store.create()
-        await store.append(sid, Turn("user", "anna@example.de"))
+        sid = await ops.create(store)
+        await ops.append(store, sid, Turn("user", "anna@example.de"))
         assert (await store.transcript(sid)).turns[0].text == "anna@example.de"
     finally:
         await store.close()
@@ -118,12 +121,12 @@ async def test_idle_sessions_expire(sessions_url: str) -> None:
     clock = Clock(time.time)
     store = open_session_store(StoreConfig(sessions_url=sessions_url, session_ttl_s=0.3), clock)
     try:
-        sid = await store.create()
-        await store.append(sid, Turn("user", "still here"))
-        assert await store.exists(sid)
+        sid = await ops.create(store)
+        await ops.append(store, sid, Turn("user", "still here"))
+        assert await ops.exists(store, sid)
         clock.advance(1.0)  # memory and sqlite expire on the store's clock
         deadline = time.monotonic() + 10  # Redis on its own: wait for it
-        while await store.exists(sid):
+        while await ops.exists(store, sid):
             assert time.monotonic() < deadline, "the session outlived its TTL"
             await asyncio.sleep(0.02)
         with pytest.raises(NotFound):
@@ -133,8 +136,9 @@ async def test_idle_sessions_expire(sessions_url: str) -> None:
 
 
 async def test_concurrent_appends_in_one_process_lose_nothing(store: SessionStore) -> None:
-    sid = await store.create()
-    counts = await asyncio.gather(*(store.append(sid, Turn("user", f"t{i}")) for i in range(40)))
+    sid = await ops.create(store)
+    counts = await asyncio.gather(*(ops.append(store, sid, Turn("user", f"t{i}"))
+                                    for i in range(40)))
     assert sorted(counts) == list(range(1, 41))  # every append got its own slot
     texts = [t.text for t in (await store.transcript(sid)).turns]
     assert sorted(texts) == sorted(f"t{i}" for i in range(40))
@@ -184,4 +188,4 @@ async def test_concurrent_records_are_each_committed_once_and_in_order(
     assert bad[0] == 3 and bad[2] == 3 and isinstance(bad[1], NotFound)  # fails alone
     for sid in sids[2:]:
         assert [t.text for t in (await store.transcript(sid)).turns] == [f"q {sid}", f"a {sid}"]
-    assert not await store.exists("missing")
+    assert not await ops.exists(store, "missing")

@@ -18,6 +18,7 @@ from babeldesk.errors import ConfigError
 from babeldesk.store import Turn, open_session_store
 from babeldesk.store.sqlite import sqlite_path
 
+from . import ops
 from .redis_server import release, run_appenders, start_appenders
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,11 @@ from babeldesk.store import Turn, open_session_store
 
 async def main(url):
     store = open_session_store(StoreConfig(sessions_url=url))
-    sid = await store.create("persisted")
-    await store.set_language(sid, "it")
-    await store.append(sid, Turn("user", "Dov'è il mio ordine?", language="it"))
-    await store.mark_handoff(sid, "asked_for_human")
+    sid = "persisted"
+    await store.record(sid, [], create=True)
+    await store.record(sid, [], language="it")
+    await store.record(sid, [Turn("user", "Dov'è il mio ordine?", language="it")])
+    await store.record(sid, [], handoff_reason="asked_for_human")
     await store.close()
 
 asyncio.run(main(sys.argv[1]))
@@ -65,7 +67,7 @@ async def test_two_processes_append_to_one_session(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sessions.db"
     store = open_session_store(StoreConfig(sessions_url=url))
     try:
-        sid = await store.create()
+        sid = await ops.create(store)
         n = 100
         acked = run_appenders(url, sid, ["a", "b"], n, tmp_path)
         assert acked == [list(range(n)), list(range(n))]
@@ -86,10 +88,10 @@ async def test_delete_leaves_no_trace_in_the_files(tmp_path: Path) -> None:
     store = open_session_store(StoreConfig(sessions_url=f"sqlite:///{db}", redact=False))
     secret = "Mein Geheimnis: Bestellung für Frau Schmidt-Ößterberg"
     try:
-        keep = await store.create()
-        await store.append(keep, Turn("user", "keep this one"))
-        gone = await store.create()
-        await store.append(gone, Turn("user", secret))
+        keep = await ops.create(store)
+        await ops.append(store, keep, Turn("user", "keep this one"))
+        gone = await ops.create(store)
+        await ops.append(store, gone, Turn("user", secret))
         await store.delete(gone)
     finally:
         await store.close()
@@ -102,7 +104,7 @@ async def test_kill_9_of_a_writer_loses_no_acknowledged_turn(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path}/sessions.db"
     store = open_session_store(StoreConfig(sessions_url=url))
     try:
-        sid = await store.create()
+        sid = await ops.create(store)
         go = tmp_path / "go"
         (proc,) = start_appenders(url, sid, ["a"], 100_000, go)
         try:

@@ -16,6 +16,7 @@ from babeldesk.store import SessionStore, Turn, open_session_store
 from babeldesk.store.base import State
 from babeldesk.support.resolution import Outcome, classify, collect, summarize
 from tests.conftest import BIN
+from tests.store import ops
 
 D = 1_764_720_000.0  # the day's start, Unix seconds
 H = 3600.0
@@ -72,7 +73,7 @@ async def write_day(store: SessionStore) -> None:
         await store.record(sid, stored, create=True, language=lang,
                            handoff_reason="customer_request" if handoff else None,
                            state=State.WAITING if handoff else None)
-    await store.create("nobody-wrote")
+    await ops.create(store, "nobody-wrote")
 
 
 def rows_by_language(rows: list[dict]) -> dict[str, dict]:

@@ -204,16 +204,6 @@ class SessionStore(Protocol):
     """Conversations. Raises ``NotFound`` for an unknown session and ``Unavailable``
     when the backend cannot be reached; an acknowledged append is durable."""
 
-    async def create(self, session_id: str | None = None) -> str:
-        """A new session (a random id when none is given); an existing id is kept as is."""
-        ...
-
-    async def exists(self, session_id: str) -> bool: ...
-
-    async def append(self, session_id: str, turn: Turn) -> int:
-        """Append one turn; returns the number of turns after it (its index + 1)."""
-        ...
-
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
@@ -243,12 +233,6 @@ class SessionStore(Protocol):
     async def delete(self, session_id: str) -> None:
         """Erase the session and its turns everywhere this backend keeps them."""
         ...
-
-    async def mark_handoff(self, session_id: str, reason: str) -> None: ...
-
-    async def set_language(self, session_id: str, language: str | None) -> None: ...
-
-    async def get_language(self, session_id: str) -> str | None: ...
 
     async def ping(self) -> None:
         """Raise ``Unavailable`` unless the backend answers now (for /ready)."""

@@ -24,7 +24,6 @@ from babeldesk.store.base import (
     Transcript,
     Turn,
 )
-from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 
 
@@ -100,32 +99,19 @@ class MemorySessionStore:
             raise NotFound(f"unknown session {session_id!r}", param="session_id")
         return s
 
-    async def create(self, session_id: str | None = None) -> str:
-        sid = session_id or new_session_id()
-        if not await self.exists(sid):
-            now = self._clock()
-            self._sessions[sid] = _Session(created_at=now, touched=now)
-        return sid
-
-    async def exists(self, session_id: str) -> bool:
+    def _live(self, session_id: str) -> bool:
         try:
             self._get(session_id)
         except NotFound:
             return False
         return True
 
-    async def append(self, session_id: str, turn: Turn) -> int:
-        s = self._get(session_id)
-        s.turns.append(self._redactor.turn(turn) if self._redactor else turn)
-        s.touched = self._clock()
-        return len(s.turns)
-
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
                      state: State | None = None, agent: str | None | Keep = KEEP,
                      agent_language: str | None = None) -> int:
-        if create and not await self.exists(session_id):
+        if create and not self._live(session_id):
             now = self._clock()
             self._sessions[session_id] = _Session(created_at=now, touched=now)
         s = self._get(session_id)
@@ -151,13 +137,13 @@ class MemorySessionStore:
                           s.state, s.agent, s.agent_language, s.state_since)
 
     async def session_ids(self, updated_since: float) -> list[str]:
-        return [sid for sid in list(self._sessions) if await self.exists(sid)
+        return [sid for sid in list(self._sessions) if self._live(sid)
                 and self._sessions[sid].touched >= updated_since]
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
         found = []
         for sid in list(self._sessions):
-            if await self.exists(sid):
+            if self._live(sid):
                 s = self._sessions[sid]
                 if s.state == State.WAITING.value:
                     found.append((sid, s.state_since or s.created_at))
@@ -166,15 +152,6 @@ class MemorySessionStore:
     async def delete(self, session_id: str) -> None:
         self._get(session_id)
         del self._sessions[session_id]
-
-    async def mark_handoff(self, session_id: str, reason: str) -> None:
-        self._get(session_id).handoff_reason = reason
-
-    async def set_language(self, session_id: str, language: str | None) -> None:
-        self._get(session_id).language = language
-
-    async def get_language(self, session_id: str) -> str | None:
-        return self._get(session_id).language
 
     async def ping(self) -> None:
         return None

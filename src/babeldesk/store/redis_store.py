@@ -7,10 +7,11 @@ Keys, under the configured prefix (``babeldesk:``):
 Both session keys carry the id in a hash tag, so they live on one Redis Cluster slot, and
 both expire ``session_ttl_s`` after the last write.
 
-An append is one Lua script (atomic, like MULTI, and able to refuse an unknown session
-without a WATCH retry loop): RPUSH, then refresh the TTLs. Appends from many replicas
-interleave but none is lost, and appends awaited in order by one replica keep that order.
-A repeated call with the same append token (a retry after a lost reply) is not pushed twice.
+A write (``record``: turns, language, handoff, state, agent) is one Lua script (atomic,
+like MULTI, and able to refuse an unknown session without a WATCH retry loop): RPUSH, then
+refresh the TTLs. Writes from many replicas interleave but none is lost, and writes
+awaited in order by one replica keep that order. A repeated call with the same append
+token (a retry after a lost reply) is not pushed twice.
 With ``appendonly yes`` and ``appendfsync always`` Redis acknowledges a write only after
 fsync, so an acknowledged turn survives ``kill -9``.
 
@@ -45,25 +46,11 @@ from babeldesk.store.base import (
     Transcript,
     Turn,
 )
-from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS: meta, turns. ARGV: turn JSON, ttl ms, now (Unix s), append token.
-# Returns the list length after the push, or -1 for an unknown session.
-_APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'last_append') == ARGV[4] then
-  return redis.call('LLEN', KEYS[2])
-end
-local n = redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_append', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return n
-"""
 # KEYS: meta, turns, waiting queue. ARGV: ttl ms, now (Unix s), create ('1'/'0'), set
 # language ('1'/'0'), language ('' clears it), handoff reason ('' = none), append token,
 # guard states ('a,b'; '' = no guard), guard agent ('' = any), new state ('' = keep),
@@ -106,20 +93,6 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_append', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 return n
-"""
-# KEYS: meta, turns. ARGV: ttl ms, now, field, value ('' deletes the field).
-# Returns 0 for an unknown session, 1 otherwise.
-_UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[4] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[3])
-else
-  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
-return 1
 """
 
 
@@ -201,8 +174,6 @@ class RedisSessionStore:
         # for the whole queue, so the record script spans two slots: one Redis (or a
         # replica set), not Redis Cluster
         self._waiting = prefix + "waiting"
-        self._append = client.register_script(_APPEND)
-        self._update_script = client.register_script(_UPDATE)
         self._record = client.register_script(_RECORD)
 
     @property
@@ -224,32 +195,6 @@ class RedisSessionStore:
     @staticmethod
     def _unknown(session_id: str) -> NotFound:
         return NotFound(f"unknown session {session_id!r}", param="session_id")
-
-    async def create(self, session_id: str | None = None) -> str:
-        sid = session_id or new_session_id()
-        meta, turns = self._keys(sid)
-        now = repr(time.time())
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hsetnx(meta, "created_at", now)
-        pipe.hset(meta, "updated_at", now)
-        pipe.pexpire(meta, self._ttl_ms)
-        pipe.pexpire(turns, self._ttl_ms)
-        await self._call(pipe.execute())
-        return sid
-
-    async def exists(self, session_id: str) -> bool:
-        return bool(await self._call(self._redis.exists(self._keys(session_id)[0])))
-
-    async def append(self, session_id: str, turn: Turn) -> int:
-        t = self._redactor.turn(turn) if self._redactor else turn
-        token = uuid.uuid4().hex  # the same for the client's retry of this one call
-        n = await self._call(self._append(
-            keys=self._keys(session_id),
-            args=[t.to_json(), self._ttl_ms, repr(time.time()), token],
-        ))
-        if int(n) < 0:
-            raise self._unknown(session_id)
-        return int(n)
 
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
@@ -327,30 +272,6 @@ class RedisSessionStore:
             found += [(sid, float(t)) for (sid, t), ok in zip(batch, alive) if ok]
             start += len(batch) - len(stale)
         return found[:limit]
-
-    async def _update(self, session_id: str, field: str, value: str | None) -> None:
-        ok = await self._call(self._update_script(
-            keys=self._keys(session_id),
-            args=[self._ttl_ms, repr(time.time()), field, value or ""],
-        ))
-        if not int(ok):
-            raise self._unknown(session_id)
-
-    async def mark_handoff(self, session_id: str, reason: str) -> None:
-        await self._update(session_id, "handoff_reason", reason)
-
-    async def set_language(self, session_id: str, language: str | None) -> None:
-        await self._update(session_id, "language", language)
-
-    async def get_language(self, session_id: str) -> str | None:
-        meta = self._keys(session_id)[0]
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.exists(meta)
-        pipe.hget(meta, "language")
-        found, language = await self._call(pipe.execute())
-        if not found:
-            raise self._unknown(session_id)
-        return language  # type: ignore[no-any-return]
 
     async def session_ids(self, updated_since: float) -> list[str]:
         """SCAN over the sessions' meta keys (a report, not a request path)."""

@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 
 from babeldesk.errors import BabeldeskError, NotFound, Unavailable
 from babeldesk.store.base import KEEP, Guard, Keep, State, Transcript, Turn
-from babeldesk.store.keys import new_session_id
 from babeldesk.store.redact import Redactor
 from babeldesk.store.sqlite_rows import INSERT_TURN, SELECT_TURN, create_schema, row_turn
 from babeldesk.store.sqlite_rows import deliver, ids_since, turn_row, waiting_rows
@@ -230,41 +229,6 @@ class SqliteSessionStore:
 
     # --- SessionStore -----------------------------------------------------------------
 
-    async def create(self, session_id: str | None = None) -> str:
-        sid = session_id or new_session_id()
-
-        def op(conn: sqlite3.Connection) -> None:
-            now = self._clock()
-            conn.execute("DELETE FROM sessions WHERE updated_at < ?", (now - self.ttl_s,))
-            conn.execute(
-                "INSERT OR IGNORE INTO sessions (id, created_at, updated_at) VALUES (?, ?, ?)",
-                (sid, now, now),
-            )
-
-        await self._run(lambda: self._tx(op))
-        return sid
-
-    async def exists(self, session_id: str) -> bool:
-        try:
-            await self._read(lambda c: self._live(c, session_id))
-        except NotFound:
-            return False
-        return True
-
-    async def append(self, session_id: str, turn: Turn) -> int:
-        t = self._redactor.turn(turn) if self._redactor else turn
-
-        def op(conn: sqlite3.Connection) -> int:
-            self._live(conn, session_id)
-            (seq,) = conn.execute(
-                "SELECT COALESCE(MAX(seq) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            conn.execute(INSERT_TURN, turn_row(session_id, int(seq), t))
-            conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (self._clock(), session_id))
-            return int(seq) + 1
-
-        return await self._run(lambda: self._tx(op))
-
     async def record(self, session_id: str, turns: Sequence[Turn], *, create: bool = False,
                      language: str | None | Keep = KEEP,
                      handoff_reason: str | None = None, guard: Guard | None = None,
@@ -352,24 +316,6 @@ class SqliteSessionStore:
             self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
         await self._run(erase)
-
-    async def _update(self, session_id: str, column: str, value: str | None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            self._live(conn, session_id)
-            conn.execute(f"UPDATE sessions SET {column} = ?, updated_at = ? WHERE id = ?",
-                         (value, self._clock(), session_id))
-
-        await self._run(lambda: self._tx(op))
-
-    async def mark_handoff(self, session_id: str, reason: str) -> None:
-        await self._update(session_id, "handoff_reason", reason)
-
-    async def set_language(self, session_id: str, language: str | None) -> None:
-        await self._update(session_id, "language", language)
-
-    async def get_language(self, session_id: str) -> str | None:
-        row = await self._read(lambda c: self._live(c, session_id))
-        return row[2]  # type: ignore[no-any-return]
 
     async def waiting(self, limit: int = 100) -> list[tuple[str, float]]:
         since = self._clock() - self.ttl_s  # expired sessions are not waiting
