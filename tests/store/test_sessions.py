@@ -131,6 +131,9 @@ async def test_idle_sessions_expire(sessions_url: str) -> None:
             await asyncio.sleep(0.02)
         with pytest.raises(NotFound):
             await store.transcript(sid)
+        # the customer comes back with the old id: a fresh, empty session, on every backend
+        assert await store.record(sid, [Turn("user", "back again")], create=True) == 1
+        assert [t.text for t in (await store.transcript(sid)).turns] == ["back again"]
     finally:
         await store.close()
 

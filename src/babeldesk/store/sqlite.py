@@ -252,6 +252,9 @@ class SqliteSessionStore:
                     conn.execute("DELETE FROM sessions WHERE updated_at < ?", (now - self.ttl_s,))
                 if guard is not None and not guard.allows(State.BOT.value, None):
                     self._live(conn, session_id)  # a new session would be bot: refuse first
+                # this id expired but is not swept yet: it starts over, as in memory and Redis
+                conn.execute("DELETE FROM sessions WHERE id = ? AND updated_at < ?",
+                             (session_id, now - self.ttl_s))
                 new = conn.execute(
                     "INSERT OR IGNORE INTO sessions (id, created_at, updated_at, language,"
                     " handoff_reason, state, agent, agent_language, state_since)"
